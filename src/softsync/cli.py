@@ -1,0 +1,99 @@
+"""The `softsync` command: train, sweep, plot.
+
+Every user error (bad flag, bad config value, missing data, unusable run directory) ends
+with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import FIELDS, ConfigError, coerce, load_toml, make_config
+from .datasets import DataError
+from .runlog import RunDirError
+
+USER_ERRORS = (ConfigError, DataError, RunDirError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"softsync: error: {message}\n")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file whose keys are these flag names; flags override it")
+    for name, spec in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = spec.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=spec.metadata["help"])
+        else:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=f"{spec.metadata['help']} (default: {shown})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="softsync", description="Staleness-aware asynchronous SGD with a parameter server (hardsync, n-softsync, async).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    train = commands.add_parser("train", help="train one model")
+    _add_train_flags(train)
+    sweep = commands.add_parser("sweep", help="run an experiment grid from a TOML file")
+    sweep.add_argument("experiment", metavar="EXPERIMENT.toml")
+    sweep.add_argument("--out", default=None)
+    plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", default=None, help="where to write the PNGs (default: the first run directory)")
+    return parser
+
+
+def train_options(args: argparse.Namespace) -> dict:
+    """Options from --config, overridden by the flags given on the command line."""
+    options = load_toml(args.config) if args.config else {}
+    for name in FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = coerce(name, value)
+    return options
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    config = make_config(**train_options(args))
+    summary = train(config)
+    out = summary["config"]["out"]
+    error = summary["test_error"]
+    shown = "n/a" if error is None else f"{error:.4f}"
+    print(f"{summary['status']}: test error {shown} after {summary['updates']} updates "
+          f"({summary['gradients']} gradients, mean staleness {summary['staleness']['mean']:.2f}); run in {out}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_runs
+
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "plot":
+            return run_plot(args)
+        raise ConfigError("softsync sweep is not built yet")
+    except USER_ERRORS as error:
+        print(f"softsync: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("softsync: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

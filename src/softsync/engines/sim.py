@@ -1,0 +1,143 @@
+"""Deterministic discrete-event engine: λ learners and one parameter server in virtual time.
+
+Each learner loops pull → compute → push. Step times come from a seeded model: a compute
+time (base × jitter ÷ the learner's speed factor) and transfers that queue on the server's
+single link (bytes ÷ bandwidth + latency), which is where a parameter server saturates.
+
+A pull is instantaneous in virtual time, so the learner's gradient is computed right at its
+pull, on the server's weights of that moment (the weights it pulled), and held until its push
+event: the same result as keeping a snapshot per learner, without copying the weights λ times.
+Events at equal times run in the order they were scheduled, so a seed fixes the run exactly.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import Batch, DataServer
+from ..learner import Learner
+from ..server import ParameterServer
+
+PULL, PUSH_SEND, PUSH_ARRIVE = 0, 1, 2
+
+
+@dataclass
+class StepTimeModel:
+    """Seeded virtual step times of every learner."""
+
+    step_time: float
+    jitter: float
+    speeds: tuple[float, ...]
+    bandwidth: float  # bytes/s of the server's link
+    latency: float
+    message_bytes: int
+    seed: int
+    rngs: list[random.Random] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # one stream per learner: adding a learner does not change the others' times
+        self.rngs = [random.Random(f"softsync-{self.seed}-{learner}") for learner in range(len(self.speeds))]
+
+    def compute_time(self, learner: int) -> float:
+        noise = 1.0 + self.jitter * self.rngs[learner].gauss(0.0, 1.0)
+        return self.step_time * max(0.05, noise) / self.speeds[learner]
+
+    @property
+    def transfer_time(self) -> float:
+        return self.message_bytes / self.bandwidth
+
+
+@dataclass
+class InFlight:
+    batch: Batch
+    timestamp: int
+    gradient: torch.Tensor
+    loss: float
+
+
+class SimEngine:
+    """Runs the learner loop of DESIGN §1 on one ParameterServer in virtual time."""
+
+    def __init__(self, server: ParameterServer, learner: Learner, data: DataServer, train_x: torch.Tensor, train_y: torch.Tensor, times: StepTimeModel, recorder, learners: int) -> None:
+        self.server = server
+        self.learner = learner
+        self.data = data
+        self.train_x, self.train_y = train_x, train_y
+        self.times = times
+        self.recorder = recorder
+        self.learners = learners
+        self.now = 0.0
+        self.link_free = 0.0  # when the server's link finishes its queued transfers
+        self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
+        self.sequence = 0
+        self.in_flight: dict[int, InFlight] = {}
+        self.waiting: list[int] = []  # hardsync learners whose push waits for the round's update
+        self.finished = False
+        self.diverged = False
+
+    def schedule(self, time: float, kind: int, learner: int) -> None:
+        heapq.heappush(self.events, (time, self.sequence, kind, learner))
+        self.sequence += 1
+
+    def transfer(self) -> float:
+        """Queue one message on the server's link; returns when it has arrived."""
+        start = max(self.now, self.link_free)
+        self.link_free = start + self.times.transfer_time
+        return self.link_free + self.times.latency
+
+    def run(self) -> str:
+        """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
+        for learner in range(self.learners):
+            self.schedule(0.0, PULL, learner)
+        while self.events and not self.finished:
+            self.now, _, kind, learner = heapq.heappop(self.events)
+            if kind == PULL:
+                self.pull(learner)
+            elif kind == PUSH_SEND:
+                self.schedule(self.transfer(), PUSH_ARRIVE, learner)
+            else:
+                self.push(learner)
+        return "diverged" if self.diverged else "completed"
+
+    def pull(self, learner: int) -> None:
+        weights, timestamp = self.server.pull()
+        batch = self.data.take()
+        if batch is None:
+            return  # every epoch handed out: this learner is done
+        gradient, loss = self.learner.gradient(weights, self.train_x[batch.samples], self.train_y[batch.samples])
+        self.in_flight[learner] = InFlight(batch, timestamp, gradient.clone(), loss)
+        compute_start = self.transfer()
+        self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
+
+    def push(self, learner: int) -> None:
+        work = self.in_flight.pop(learner)
+        result = self.server.push(work.gradient, work.timestamp, learner)
+        if self.recorder.gradient(work.batch.epoch, work.loss, result.accepted, self.learners):
+            self.diverged = self.finished = True
+            return
+        if not result.accepted:
+            self.data.give_back(work.batch)
+            self.schedule(self.now, PULL, learner)
+            return
+        if self.data.complete(work.batch):
+            self.end_epoch(work.batch.epoch)
+        if not self.server.protocol.blocking:
+            self.schedule(self.now, PULL, learner)
+        elif result.updated:
+            # the round's update is applied: answer the waiting pulls in learner order
+            for waiting in sorted(self.waiting + [learner]):
+                self.schedule(self.now, PULL, waiting)
+            self.waiting.clear()
+        else:
+            self.waiting.append(learner)
+
+    def end_epoch(self, epoch: int) -> None:
+        if epoch + 1 == self.data.epochs:
+            self.server.apply_update()  # the last partial buffer of n-softsync: no gradient wasted
+        self.server.set_epoch(epoch + 1)
+        checkpoint = {"server": self.server.state_dict(), "data": self.data.state_dict(), "virtual_s": self.now}
+        if self.recorder.epoch_end(epoch, self.server, virtual_s=self.now, checkpoint=checkpoint):
+            self.diverged = self.finished = True

@@ -1,0 +1,107 @@
+"""Model registry. Any ``nn.Module`` works through the Python API; these have names."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+# builder(input_shape (C, H, W), num_classes) -> nn.Module
+MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator that adds a model builder to the registry under ``name``."""
+
+    def add(builder):
+        MODELS[name] = builder
+        return builder
+
+    return add
+
+
+def _classifier_input(features: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return features(torch.zeros(1, *input_shape)).numel()
+
+
+@register_model("paper-cifar10")
+def paper_cifar10(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Caffe's cifar10_full, the network of the paper: 89,578 parameters on 32×32×3.
+
+    Pooling is 3/2 with Caffe's ceil rounding (32→16→8→4); LRN is PyTorch's across-channel
+    form with Caffe's local_size 3, α 5e-5, β 0.75.
+    """
+    channels = input_shape[0]
+    features = nn.Sequential(
+        nn.Conv2d(channels, 32, 5, padding=2),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.ReLU(),
+        nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75),
+        nn.Conv2d(32, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(),
+    )
+    return nn.Sequential(features, nn.Linear(_classifier_input(features, input_shape), num_classes))
+
+
+@register_model("cnn-small")
+def cnn_small(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """A fast two-layer CNN (3×3×16, 3×3×32, each ReLU and max-pool 2)."""
+    features = nn.Sequential(
+        nn.Conv2d(input_shape[0], 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return nn.Sequential(features, nn.Linear(_classifier_input(features, input_shape), num_classes))
+
+
+@register_model("cnn-bench")
+def cnn_bench(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The scaling benchmark's CNN: 5×5×32 → max-pool 2 → 5×5×64 → max-pool 2 → linear."""
+    features = nn.Sequential(
+        nn.Conv2d(input_shape[0], 32, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
+    return nn.Sequential(features, nn.Linear(_classifier_input(features, input_shape), num_classes))
+
+
+@register_model("mlp")
+def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 128) -> nn.Module:
+    """One hidden layer of 128 ReLU units."""
+    inputs = input_shape[0] * input_shape[1] * input_shape[2]
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+@register_model("logreg")
+def logreg(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression."""
+    inputs = input_shape[0] * input_shape[1] * input_shape[2]
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, num_classes))
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0) -> nn.Module:
+    """Build a registered model with weights initialised from ``seed`` (global RNG untouched)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](tuple(input_shape), num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,85 @@
+"""PNG figures of runs: test error against epoch, and staleness histograms."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .runlog import METRICS, SUMMARY, RunDirError  # noqa: E402
+
+
+def read_run(run_dir: str | Path) -> tuple[list[dict], dict]:
+    """(metrics records, summary) of a run directory."""
+    run = Path(run_dir)
+    metrics_path, summary_path = run / METRICS, run / SUMMARY
+    if not metrics_path.exists():
+        raise RunDirError(f"{str(run)!r} is not a run directory: it has no {METRICS}")
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return records, summary
+
+
+def run_label(run_dir: str | Path, summary: dict) -> str:
+    config = summary.get("config", {})
+    if not config:
+        return Path(run_dir).name
+    return f"{config['protocol']} λ={config['learners']} μ={config['batch_size']} {config['lr_policy']}"
+
+
+def plot_test_error(runs: dict[str, list[dict]], path: str | Path, title: str = "test error") -> Path:
+    """One line per run: test error against epoch."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, records in runs.items():
+        axes.plot([r["epoch"] for r in records], [r["test_error"] for r in records], marker="o", markersize=3, label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test error")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_staleness(histograms: dict[str, dict], path: str | Path) -> Path:
+    """One panel per run: the distribution of τ over applied gradients (as the paper's Fig. 1)."""
+    figure, panels = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3.2), squeeze=False)
+    for axes, (label, histogram) in zip(panels[0], histograms.items()):
+        taus = sorted(int(t) for t in histogram)
+        counts = [histogram[str(t)] if str(t) in histogram else histogram[t] for t in taus]
+        total = sum(counts) or 1
+        axes.bar(taus, [c / total for c in counts], width=1.0)
+        axes.set_xlabel("staleness τ")
+        axes.set_ylabel("fraction of gradients")
+        axes.set_title(label, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_runs(run_dirs: list[str], out: str | None = None) -> list[Path]:
+    """`softsync plot`: test-error.png for all runs together and staleness.png."""
+    runs, histograms = {}, {}
+    for run_dir in run_dirs:
+        records, summary = read_run(run_dir)
+        label = run_label(run_dir, summary)
+        if label in runs:
+            label = f"{label} ({Path(run_dir).name})"
+        runs[label] = records
+        if summary.get("staleness"):
+            histograms[label] = summary["staleness"]["histogram"]
+    target = Path(out or run_dirs[0])
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot write plots to {str(target)!r}: {error.strerror or error}") from None
+    written = [plot_test_error(runs, target / "test-error.png")]
+    if histograms:
+        written.append(plot_staleness(histograms, target / "staleness.png"))
+    return written

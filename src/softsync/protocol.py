@@ -1,0 +1,61 @@
+"""Synchronization protocols of Zhang et al. (IJCAI 2016): hardsync, n-softsync and async.
+
+A protocol decides how many pushed gradients the parameter server collects before it
+applies one update (c) and whether a learner must wait for that update before pulling.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PROTOCOLS_HELP = "hardsync, async or N-softsync with 1 <= N <= learners (e.g. 1-softsync)"
+
+
+class ProtocolError(ValueError):
+    """A protocol name or parameter that does not describe a valid protocol."""
+
+
+def gradients_per_update(learners: int, n: int) -> int:
+    """c = max(1, floor(λ / n)): gradients the server collects per update under n-softsync."""
+    return max(1, learners // n)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A parsed protocol. ``n`` is the softsync parameter (hardsync: 1, async: λ)."""
+
+    name: str  # "hardsync", "softsync" or "async"
+    n: int
+
+    @property
+    def blocking(self) -> bool:
+        """Hardsync learners wait for the round's update before they pull again (τ = 0)."""
+        return self.name == "hardsync"
+
+    def gradients_per_update(self, live_learners: int) -> int:
+        """c for the learners alive now: hardsync waits for every live learner."""
+        if self.blocking:
+            return max(1, live_learners)
+        return gradients_per_update(live_learners, self.n)
+
+    def __str__(self) -> str:
+        return "hardsync" if self.name == "hardsync" else "async" if self.name == "async" else f"{self.n}-softsync"
+
+
+def parse_protocol(text: str, learners: int) -> Protocol:
+    """Parse ``hardsync``, ``async`` or ``N-softsync`` for λ = ``learners``.
+
+    Raises ProtocolError with a one-line message naming the value and what is allowed.
+    """
+    value = str(text).strip().lower()
+    if value == "hardsync":
+        return Protocol("hardsync", 1)
+    if value == "async":
+        return Protocol("async", learners)
+    match = re.fullmatch(r"(-?\d+)-softsync", value)
+    if not match:
+        raise ProtocolError(f"unknown protocol {text!r}: use {PROTOCOLS_HELP}")
+    n = int(match.group(1))
+    if n < 1 or n > learners:
+        raise ProtocolError(f"protocol {text!r} needs 1 <= n <= learners ({learners}): got n = {n}")
+    return Protocol("softsync", n)

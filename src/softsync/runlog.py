@@ -1,0 +1,157 @@
+"""What every engine writes into a run directory: metrics.jsonl, summary.json, checkpoint.pt.
+
+The Recorder turns the engine's events (a gradient arrived, an epoch ended, the run ended)
+into those files, so that both engines write the same outputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used; the message is one line."""
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create a fresh run directory; refuse one that already holds a run or cannot be written."""
+    out = Path(path)
+    if any((out / name).exists() for name in (METRICS, SUMMARY, CHECKPOINT)):
+        raise RunDirError(f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".softsync-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunDirError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
+    return out
+
+
+def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
+    """Write through a temporary file, fsync and rename, so a crash never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class Recorder:
+    """Per-epoch metrics, checkpoints, the progress bar and the final summary of one run."""
+
+    def __init__(self, out: Path, config, evaluate: Callable[[], tuple[float, float]], total_gradients: int, quiet: bool = False) -> None:
+        self.out = out
+        self.config = config
+        self.evaluate = evaluate
+        self.started = time.perf_counter()
+        self.wall_offset = 0.0  # wall time of earlier sessions of a resumed run
+        self.loss_sum: dict[int, float] = {}
+        self.loss_count: dict[int, int] = {}
+        self.last_test_error: float | None = None
+        self.status = "completed"
+        self.consecutive_rejections = 0
+        self._staleness_seen = (0, 0)  # (count, Σ τ) at the previous epoch end
+        self.progress = tqdm(total=total_gradients, unit="grad", disable=quiet, dynamic_ncols=True, leave=False)
+        self._pending_progress = 0
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.started
+
+    def gradient(self, epoch: int, loss: float, accepted: bool, learners: int) -> bool:
+        """Account one pushed gradient; True when rejections in a row say the run diverged."""
+        if accepted:
+            self.consecutive_rejections = 0
+            self.loss_sum[epoch] = self.loss_sum.get(epoch, 0.0) + loss
+            self.loss_count[epoch] = self.loss_count.get(epoch, 0) + 1
+            self._pending_progress += 1
+            if self._pending_progress >= 64:
+                self.progress.update(self._pending_progress)
+                self._pending_progress = 0
+            return False
+        self.consecutive_rejections += 1
+        return self.consecutive_rejections >= max(10, 2 * learners)
+
+    def epoch_end(self, epoch: int, server, virtual_s: float | None = None, checkpoint: dict | None = None) -> bool:
+        """Evaluate, append to metrics.jsonl, write the checkpoint; True if the run diverged."""
+        test_loss, test_error = self.evaluate()
+        count = self.loss_count.pop(epoch, 0)
+        train_loss = self.loss_sum.pop(epoch, 0.0) / count if count else float("nan")
+        histogram = server.stats.histogram
+        seen_count = sum(histogram.values())
+        seen_sum = sum(t * k for t, k in histogram.items())
+        new = seen_count - self._staleness_seen[0]
+        staleness_mean = (seen_sum - self._staleness_seen[1]) / new if new else 0.0
+        self._staleness_seen = (seen_count, seen_sum)
+        record = {
+            "epoch": epoch + 1,
+            "updates": server.clock,
+            "gradients": server.gradients,
+            "samples": server.gradients * self.config.batch_size,
+            "wall_s": round(self.wall_s, 4),
+            "lr": server.lr,
+            "train_loss": _json_number(train_loss),
+            "test_loss": _json_number(test_loss),
+            "test_error": _json_number(test_error),
+            "staleness_mean": staleness_mean,
+        }
+        if virtual_s is not None:
+            record["virtual_s"] = virtual_s
+        with open(self.out / METRICS, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.last_test_error = test_error
+        diverged = not (math.isfinite(test_loss) and math.isfinite(train_loss))
+        if checkpoint is not None:
+            checkpoint = {**checkpoint, "config": self.config.resolved(), "epoch": epoch + 1, "wall_s": self.wall_s}
+            atomic_write_bytes(self.out / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
+        self.progress.update(self._pending_progress)
+        self._pending_progress = 0
+        self.progress.set_postfix(
+            epoch=f"{epoch + 1}/{self.config.epochs}",
+            updates=server.clock,
+            staleness=f"{staleness_mean:.2f}",
+            test_error=f"{test_error:.4f}",
+        )
+        return diverged
+
+    def finish(self, server, learner_failures: int = 0, virtual_s: float | None = None) -> dict:
+        """Write summary.json and return it."""
+        self.progress.close()
+        wall = self.wall_s
+        samples = server.gradients * self.config.batch_size
+        elapsed = virtual_s if virtual_s is not None else wall
+        summary = {
+            "config": self.config.resolved(),
+            "status": self.status,
+            "test_error": _json_number(self.last_test_error) if self.last_test_error is not None else None,
+            "updates": server.clock,
+            "gradients": server.gradients,
+            "rejected_gradients": server.rejected_gradients,
+            "learner_failures": learner_failures,
+            "samples": samples,
+            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+            "wall_s": round(wall, 4),
+            "staleness": server.stats.summary(),
+        }
+        if virtual_s is not None:
+            summary["virtual_s"] = virtual_s
+            summary["wall_samples_per_s"] = samples / wall if wall > 0 else 0.0
+        atomic_write_bytes(self.out / SUMMARY, lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+        return summary

@@ -1,0 +1,83 @@
+"""softsync.train(): assemble data, model, parameter server and an engine from one config."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .config import ConfigError, TrainConfig, make_config, validate
+from .data import DataServer
+from .datasets import Dataset, load_dataset
+from .engines.sim import SimEngine, StepTimeModel
+from .learner import Learner, evaluate
+from .models import build_model
+from .runlog import Recorder, prepare_run_dir
+from .server import ParameterServer
+
+
+def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
+    """N//μ mini-batches; hardsync: N//(μλ) rounds of λ mini-batches."""
+    if config.parsed_protocol().blocking:
+        return (num_samples // (config.batch_size * config.learners)) * config.learners
+    return num_samples // config.batch_size
+
+
+def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, dataset: Dataset | None = None, **options) -> dict:
+    """Train under ``config`` (or keyword options named like the CLI flags) and return the summary.
+
+    ``model`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``dataset`` a loaded
+    Dataset. Writes metrics.jsonl, summary.json and checkpoint.pt into ``config.out``.
+    """
+    if config is None:
+        config = make_config(**options)
+    else:
+        config = dataclasses.replace(config, **options)
+        validate(config)
+    if config.engine != "sim":
+        raise ConfigError("--engine dist is not built yet: use --engine sim")
+    if config.resume is not None:
+        raise ConfigError("--resume is not built yet: start a new run with --out")
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
+    num_samples = len(dataset.train_y)
+    per_epoch = batches_per_epoch(config, num_samples)
+    if per_epoch < 1:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} × --learners {config.learners} exceeds the {num_samples} training samples of {config.dataset}"
+        )
+    out = prepare_run_dir(config.out or config.default_out())
+    config = dataclasses.replace(config, out=str(out))
+
+    torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    if model is None:
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes, seed=config.seed)
+    learner = Learner(model)
+    server = ParameterServer(
+        learner.weights,  # the sim's learners compute on the server's own weights (see engines/sim.py)
+        config.parsed_protocol(),
+        config.learners,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        lr_policy=config.lr_policy,
+        lr_steps=config.lr_steps,
+        lr_gamma=config.lr_gamma,
+    )
+    data = DataServer(num_samples, config.batch_size, config.seed, config.epochs, per_epoch)
+    test_x, test_y = dataset.test_x, dataset.test_y
+    if config.eval_samples:
+        test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    recorder = Recorder(out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet)
+    times = StepTimeModel(
+        step_time=config.step_time,
+        jitter=config.step_jitter,
+        speeds=config.learner_speeds or (1.0,) * config.learners,
+        bandwidth=config.bandwidth,
+        latency=config.latency,
+        message_bytes=learner.weights.numel() * learner.weights.element_size(),
+        seed=config.seed,
+    )
+    engine = SimEngine(server, learner, data, dataset.train_x, dataset.train_y, times, recorder, config.learners)
+    recorder.status = engine.run()
+    return recorder.finish(server, virtual_s=engine.now)
