@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-RUN_OUT ?= runs/make-run
+RUN_OUT ?= runs/make-run-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup run test bench clean
 
@@ -25,7 +25,6 @@ data:
 	fi
 
 run: setup
-	rm -rf $(RUN_OUT)
 	$(VENV)/bin/softsync train --learners 4 --protocol 2-softsync --lr-policy staleness --model cnn-small \
 		--batch-size 32 --lr 0.01 --momentum 0.9 --epochs 3 --out $(RUN_OUT)
 	$(VENV)/bin/softsync plot $(RUN_OUT)

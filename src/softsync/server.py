@@ -11,6 +11,7 @@ fills, so τ_l known at push time is the τ_l of the update that will apply it.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -137,7 +138,7 @@ class ParameterServer:
         """Everything needed to continue exactly: weights, SGD state, clock, buffer, statistics."""
         return {
             "weights": self.weights.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not live buffers
             "clock": self.clock,
             "epoch": self.epoch,
             "gradients": self.gradients,

@@ -23,11 +23,11 @@ def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
     return num_samples // config.batch_size
 
 
-def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, dataset: Dataset | None = None, **options) -> dict:
+def train(config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options) -> dict:
     """Train under ``config`` (or keyword options named like the CLI flags) and return the summary.
 
-    ``model`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``dataset`` a loaded
-    Dataset. Writes metrics.jsonl, summary.json and checkpoint.pt into ``config.out``.
+    ``module`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``data`` a loaded
+    Dataset (then ``config.dataset`` only names it). Writes metrics.jsonl, summary.json and checkpoint.pt into ``config.out``.
     """
     if config is None:
         config = make_config(**options)
@@ -38,6 +38,7 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, 
         raise ConfigError("--engine dist is not built yet: use --engine sim")
     if config.resume is not None:
         raise ConfigError("--resume is not built yet: start a new run with --out")
+    dataset = data
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
     num_samples = len(dataset.train_y)
@@ -50,6 +51,7 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, 
     config = dataclasses.replace(config, out=str(out))
 
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    model = module
     if model is None:
         model = build_model(config.model, dataset.input_shape, dataset.num_classes, seed=config.seed)
     learner = Learner(model)
@@ -64,7 +66,7 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, 
         lr_steps=config.lr_steps,
         lr_gamma=config.lr_gamma,
     )
-    data = DataServer(num_samples, config.batch_size, config.seed, config.epochs, per_epoch)
+    data_server = DataServer(num_samples, config.batch_size, config.seed, config.epochs, per_epoch)
     test_x, test_y = dataset.test_x, dataset.test_y
     if config.eval_samples:
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
@@ -78,6 +80,6 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | None = None, 
         message_bytes=learner.weights.numel() * learner.weights.element_size(),
         seed=config.seed,
     )
-    engine = SimEngine(server, learner, data, dataset.train_x, dataset.train_y, times, recorder, config.learners)
+    engine = SimEngine(server, learner, data_server, dataset.train_x, dataset.train_y, times, recorder, config.learners)
     recorder.status = engine.run()
     return recorder.finish(server, virtual_s=engine.now)

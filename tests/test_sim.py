@@ -1,0 +1,129 @@
+"""Oracles for the simulation engine: exact equivalences, the paper's staleness facts, replay."""
+import json
+
+import pytest
+import torch
+
+from softsync import train
+from softsync.data import DataServer, epoch_permutation
+from softsync.models import build_model
+
+from conftest import final_weights
+
+COMMON = dict(dataset="synthetic", quiet=True)
+
+
+def run(tmp_path, name, synthetic, **options):
+    out = tmp_path / name
+    summary = train(data=synthetic, out=str(out), **{**COMMON, **options})
+    return out, summary
+
+
+def test_hardsync_lambda_learners_of_mu_equals_one_learner_of_mu_lambda(tmp_path, synthetic):
+    hyper = dict(model="mlp", lr=0.05, momentum=0.9, weight_decay=1e-3, epochs=2, seed=3)
+    four, four_summary = run(tmp_path, "four", synthetic, protocol="hardsync", learners=4, batch_size=8, **hyper)
+    one, one_summary = run(tmp_path, "one", synthetic, protocol="hardsync", learners=1, batch_size=32, **hyper)
+    assert four_summary["updates"] == one_summary["updates"] == 2 * (2048 // 32)
+    assert four_summary["gradients"] == 4 * one_summary["gradients"]
+    assert four_summary["staleness"]["max"] == 0
+    difference = (final_weights(four) - final_weights(one)).abs().max().item()
+    assert difference < 1e-5, difference  # float summation order only
+
+
+def test_async_with_one_learner_is_plain_torch_sgd(tmp_path, synthetic):
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    out, summary = run(tmp_path, "async", synthetic, protocol="async", learners=1, batch_size=16, model="mlp", epochs=2, seed=5, **hyper)
+    model = build_model("mlp", synthetic.input_shape, synthetic.num_classes, seed=5)
+    optimizer = torch.optim.SGD(model.parameters(), **hyper)
+    steps = 0
+    for epoch in range(2):
+        order = epoch_permutation(2048, 5, epoch)
+        for index in range(2048 // 16):
+            samples = order[index * 16 : (index + 1) * 16]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(synthetic.train_x[samples]), synthetic.train_y[samples]).backward()
+            optimizer.step()
+            steps += 1
+    reference = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert summary["updates"] == summary["gradients"] == steps
+    assert torch.allclose(final_weights(out), reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("protocol, n", [("1-softsync", 1), ("15-softsync", 15), ("30-softsync", 30), ("hardsync", 0)])
+def test_paper_fig1_staleness_facts(tmp_path, synthetic, protocol, n):
+    epochs = 40 if protocol == "hardsync" else 8
+    _, summary = run(tmp_path, protocol, synthetic, protocol=protocol, learners=30, batch_size=4, model="logreg", epochs=epochs)
+    staleness = summary["staleness"]
+    histogram = {int(t): k for t, k in staleness["histogram"].items()}
+    total = sum(histogram.values())
+    assert total == summary["gradients"] >= 4000
+    if protocol == "hardsync":
+        assert set(histogram) == {0}
+        return
+    if n == 1:
+        assert set(histogram) <= {0, 1, 2}  # the paper: 1-softsync gives τ ∈ {0, 1, 2}
+        assert 0.8 <= staleness["mean"] <= 1.2
+    else:
+        assert abs(staleness["mean"] - n) <= 0.15 * n
+    assert sum(k for t, k in histogram.items() if t > 2 * n) / total < 1e-3
+
+
+def test_same_seed_replays_bit_for_bit_and_another_seed_does_not(tmp_path, synthetic):
+    options = dict(protocol="2-softsync", learners=6, batch_size=8, model="mlp", epochs=2, step_jitter=0.3,
+                   learner_speeds="1,1,1,0.5,1,2", momentum=0.9)
+    first, a = run(tmp_path, "a", synthetic, seed=11, **options)
+    second, b = run(tmp_path, "b", synthetic, seed=11, **options)
+    third, c = run(tmp_path, "c", synthetic, seed=12, **options)
+    assert torch.equal(final_weights(first), final_weights(second))
+    assert a["staleness"] == b["staleness"] and a["virtual_s"] == b["virtual_s"]
+
+    def metrics(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics(first) == metrics(second)
+    assert not torch.equal(final_weights(first), final_weights(third))
+    assert a["virtual_s"] != c["virtual_s"]
+
+
+def test_each_epoch_hands_out_every_sample_exactly_once():
+    data = DataServer(num_samples=100, batch_size=10, seed=4, epochs=3)
+    seen: dict[int, list[int]] = {}
+    lost = None
+    while (batch := data.take()) is not None:
+        if lost is None and batch.epoch == 1 and batch.index == 3:
+            lost = batch  # its gradient is lost: it must come back
+            data.give_back(batch)
+            continue
+        seen.setdefault(batch.epoch, []).extend(batch.samples.tolist())
+    assert sorted(seen) == [0, 1, 2]
+    for epoch, samples in seen.items():
+        assert sorted(samples) == list(range(100)), epoch
+    assert seen[0] != seen[1]  # a new permutation each epoch
+
+
+def test_epoch_completion_counts_arrived_gradients():
+    data = DataServer(num_samples=40, batch_size=10, seed=0, epochs=2)
+    batches = [data.take() for _ in range(5)]
+    assert [data.complete(b) for b in batches[:4]] == [False, False, False, True]
+    assert data.complete(batches[4]) is False
+
+
+def test_async_counts_and_the_learning_rate_schedule(tmp_path, synthetic):
+    out, summary = run(tmp_path, "steps", synthetic, protocol="async", learners=3, batch_size=32, model="logreg",
+                       epochs=3, lr=0.1, lr_steps="1,2", lr_gamma=0.5)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert summary["updates"] == summary["gradients"] == 3 * (2048 // 32)
+    assert summary["samples"] == summary["gradients"] * 32
+    # lr after epoch k's end is the rate of epoch k+1: 0.1 → 0.05 → 0.025
+    assert [r["lr"] for r in records] == pytest.approx([0.05, 0.025, 0.025])
+    for key in ("epoch", "updates", "gradients", "samples", "wall_s", "lr", "train_loss", "test_loss", "test_error",
+                "staleness_mean", "virtual_s"):
+        assert key in records[0]
+
+
+def test_divergence_ends_with_status_diverged(tmp_path, synthetic):
+    out, summary = run(tmp_path, "boom", synthetic, protocol="async", learners=2, batch_size=8, model="mlp",
+                       lr=1e6, lr_policy="constant", momentum=0.9, epochs=2)
+    assert summary["status"] == "diverged"
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
