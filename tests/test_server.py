@@ -50,20 +50,20 @@ def test_update_is_the_papers_rule_with_tau_from_the_clock():
     # 2-softsync with λ = 4: c = 2, θ ← θ − (1/c) Σ α(τ_l) g_l, α(τ) = α0/τ
     server = make_server()
     g = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 0.0, -2.0]), torch.tensor([2.0, 2.0, 2.0])]
-    assert server.push(g[0], 0, learner=0).updated is False
-    result = server.push(g[1], 0, learner=1)
+    assert server.push(g[0].clone(), 0, learner=0).updated is False
+    result = server.push(g[1].clone(), 0, learner=1)
     assert result.updated and result.staleness == 0 and server.clock == 1
     expected = -(0.5 / 2) * (g[0] + g[1])
     assert torch.allclose(server.weights, expected)
     # a gradient computed on θ_0 arriving at clock 1 has τ = 1; at clock 3, τ = 3
-    server.push(g[2], 0, learner=2)
-    server.push(g[2], 1, learner=3)
+    server.push(g[2].clone(), 0, learner=2)
+    server.push(g[2].clone(), 1, learner=3)
     assert server.clock == 2
     expected = expected - (0.5 / 2) * (1.0 * g[2] + 1.0 * g[2])
     assert torch.allclose(server.weights, expected)
     server.clock = 3
-    server.push(g[0], 0, learner=0)  # τ = 3: α = α0/3
-    server.push(g[1], 3, learner=1)  # τ = 0: α = α0
+    server.push(g[0].clone(), 0, learner=0)  # τ = 3: α = α0/3
+    server.push(g[1].clone(), 3, learner=1)  # τ = 0: α = α0
     assert torch.allclose(server.weights, expected - (0.5 / 2) * (g[0] / 3 + g[1]))
     assert server.stats.histogram == {0: 4, 1: 1, 3: 1}
 
@@ -85,7 +85,7 @@ def test_momentum_and_weight_decay_go_through_torch_sgd():
     optimizer = torch.optim.SGD([reference], lr=0.5, momentum=0.9, weight_decay=0.1)
     for step in range(4):
         gradient = torch.tensor([1.0, -1.0, 0.5]) * (step + 1)
-        server.push(gradient, server.clock, learner=0)
+        server.push(gradient.clone(), server.clock, learner=0)
         reference.grad = gradient.clone()
         optimizer.step()
     assert torch.equal(server.weights, reference.detach())
@@ -126,9 +126,9 @@ def test_state_dict_round_trip_continues_identically():
     b = make_server("2-softsync", learners=4, momentum=0.9)
     gradients = [torch.randn(3, generator=torch.Generator().manual_seed(k)) for k in range(7)]
     for k, g in enumerate(gradients[:5]):
-        a.push(g, a.clock, learner=k % 4)
+        a.push(g.clone(), a.clock, learner=k % 4)
     b.load_state_dict(a.state_dict())
     for k, g in enumerate(gradients[5:]):
-        a.push(g, a.clock, learner=k)
-        b.push(g, b.clock, learner=k)
+        a.push(g.clone(), a.clock, learner=k)
+        b.push(g.clone(), b.clock, learner=k)
     assert torch.equal(a.weights, b.weights) and a.clock == b.clock

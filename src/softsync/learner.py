@@ -53,7 +53,8 @@ class Learner:
             self.weights.copy_(weights)
         # zero in place: set_to_none would unbind the gradient views
         self.gradients.zero_()
-        self.model.train()
+        if not self.model.training:  # evaluation switched it; train() walks every module, so only when needed
+            self.model.train()
         loss = self.loss_fn(self.model(inputs), targets)
         loss.backward()
         return self.gradients, loss.item()

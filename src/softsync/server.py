@@ -66,7 +66,7 @@ class ParameterServer:
         self.gradients = 0  # accepted gradients
         self.rejected_gradients = 0
         self.stats = StalenessStats()
-        self._sum = torch.zeros_like(weights)  # Σ (α(τ)/α0) g over the buffer
+        self._sum: torch.Tensor | None = None  # Σ (α(τ)/α0) g over the buffer
         self._buffered = 0
         self._contributors: set[int] = set()  # learners in the current buffer
 
@@ -76,7 +76,11 @@ class ParameterServer:
         return self.weights, self.clock
 
     def push(self, gradient: torch.Tensor, timestamp: int, learner: int) -> PushResult:
-        """Buffer one gradient computed on the weights of clock ``timestamp``; update when full."""
+        """Buffer one gradient computed on the weights of clock ``timestamp``; update when full.
+
+        The server takes ``gradient`` over: it may scale it in place and keep it until the
+        update, so pass a tensor the caller no longer writes to.
+        """
         tau = self.clock - timestamp
         reason = ""
         if gradient.shape != self.weights.shape:
@@ -93,7 +97,8 @@ class ParameterServer:
 
         scale = self.policy(tau, self.protocol.n)
         if self._buffered == 0:
-            torch.mul(gradient, scale, out=self._sum)
+            # the first gradient becomes the sum: no copy on the hot path of async (c = 1)
+            self._sum = gradient.mul_(scale) if scale != 1.0 else gradient
         else:
             self._sum.add_(gradient, alpha=scale)
         self._buffered += 1
@@ -129,6 +134,7 @@ class ParameterServer:
         self.weights.grad = self._sum
         self.optimizer.step()
         self.weights.grad = None
+        self._sum = None
         self._buffered = 0
         self._contributors.clear()
         self.clock += 1
@@ -144,7 +150,7 @@ class ParameterServer:
             "gradients": self.gradients,
             "rejected_gradients": self.rejected_gradients,
             "staleness_histogram": dict(self.stats.histogram),
-            "buffer_sum": self._sum.clone(),
+            "buffer_sum": None if self._sum is None else self._sum.clone(),
             "buffered": self._buffered,
             "contributors": sorted(self._contributors),
             "live_learners": sorted(self.live_learners),
@@ -153,7 +159,7 @@ class ParameterServer:
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.weights.copy_(state["weights"])
-            self._sum.copy_(state["buffer_sum"])
+        self._sum = None if state["buffer_sum"] is None else state["buffer_sum"].clone()
         self.optimizer.load_state_dict(state["optimizer"])
         self.clock = state["clock"]
         self.epoch = state["epoch"]

@@ -1,0 +1,77 @@
+"""Wall time of a simulated epoch against a plain torch SGD loop doing the same gradient steps.
+
+    .venv/bin/python bench/sim_overhead.py [--models mlp,cnn-small] [--repeats 3] [--samples 60000]
+
+Simulated side: λ = 30 learners, μ = 4, 30-softsync (c = 1), one epoch of Fashion-MNIST, through
+softsync.train (data server, parameter server, staleness bookkeeping, event queue, evaluation
+excluded). Plain side: the same number of μ-sized steps of torch.optim.SGD on the same model and
+data. Both sides run in this process with one torch thread, alternately; the ratio of each pair
+is printed and the median reported (the machine is shared, so absolute times drift).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from softsync import train
+from softsync.datasets import load_dataset
+from softsync.models import build_model
+
+
+def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int) -> float:
+    model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    order = torch.randperm(len(dataset.train_y), generator=torch.Generator().manual_seed(seed))
+    start = time.perf_counter()
+    for step in range(steps):
+        samples = order[step * batch_size : (step + 1) * batch_size]
+        optimizer.zero_grad()
+        F.cross_entropy(model(dataset.train_x[samples]), dataset.train_y[samples]).backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def simulated_epoch(model_name: str, dataset, batch_size: int, seed: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        summary = train(data=dataset, dataset=dataset.name, model=model_name, protocol="30-softsync", learners=30,
+                        batch_size=batch_size, lr=0.01, momentum=0.9, epochs=1, seed=seed, eval_samples=1,
+                        quiet=True, out=f"{out}/run")
+        return time.perf_counter() - start, summary["gradients"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="mlp,cnn-small")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=60000, help="training samples used (an epoch of them)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dataset = load_dataset("fashion-mnist")
+    if args.samples < len(dataset.train_y):
+        dataset.train_x, dataset.train_y = dataset.train_x[: args.samples], dataset.train_y[: args.samples]
+    # warm-up: first calls import and initialise parts of torch; neither side should pay for that
+    small = load_dataset("synthetic", synthetic_size=256)
+    for model_name in args.models.split(","):
+        simulated_epoch(model_name, small, args.batch_size, seed=0)
+        plain_loop(model_name, small, 8, args.batch_size, seed=0)
+    print(f"Fashion-MNIST, {len(dataset.train_y)} samples, μ = {args.batch_size}, λ = 30, 30-softsync, 1 thread")
+    for model_name in args.models.split(","):
+        ratios = []
+        for repeat in range(args.repeats):
+            sim_s, steps = simulated_epoch(model_name, dataset, args.batch_size, seed=repeat)
+            plain_s = plain_loop(model_name, dataset, steps, args.batch_size, seed=repeat)
+            ratios.append(sim_s / plain_s)
+            print(f"  {model_name:10s} repeat {repeat}: sim epoch {sim_s:7.2f} s, plain loop {plain_s:7.2f} s "
+                  f"({steps} steps), ratio {ratios[-1]:.3f}")
+        print(f"{model_name}: median ratio sim/plain = {statistics.median(ratios):.3f} (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

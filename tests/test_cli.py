@@ -1,0 +1,120 @@
+"""The command line: every bad value exits 2 with one line, and nothing already written is damaged."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softsync.cli import main
+
+SMALL = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--quiet"]
+
+
+def fails_with_one_line(argv, capsys) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("softsync: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--protocol", "0-softsync"], "0-softsync"),
+        (["--protocol", "5-softsync", "--learners", "4"], "5-softsync"),
+        (["--learners", "0"], "--learners 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--protocol", "sometimes"], "sometimes"),
+        (["--lr-policy", "cosine"], "cosine"),
+        (["--model", "resnet9000"], "resnet9000"),
+        (["--dataset", "imagenet"], "imagenet"),
+        (["--learners", "four"], "four"),
+        (["--lr", "-1"], "--lr -1"),
+        (["--momentum", "1.5"], "--momentum 1.5"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--lr-steps", "5,x"], "5,x"),
+        (["--learner-speeds", "1,2", "--learners", "3"], "--learner-speeds"),
+        (["--engine", "dist"], "dist"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_naming_the_value(flags, names, capsys, tmp_path):
+    line = fails_with_one_line(["train", *SMALL, "--out", str(tmp_path / "run"), *flags], capsys)
+    assert names in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_missing_data_says_how_to_get_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("SOFTSYNC_DATA", raising=False)
+    line = fails_with_one_line(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "r")], capsys)
+    assert "mnist" in line.lower() and "--data-dir" in line
+
+
+def test_config_file_values_and_flag_override(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 2\nprotocol = "async"\nepochs = 1\nbatch-size = 64\nquiet = true\nlr-steps = [1]\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--batch-size", "128", "--out", str(out)]) == 0
+    resolved = json.loads((out / "summary.json").read_text())["config"]
+    assert resolved["learners"] == 2 and resolved["protocol"] == "async" and resolved["batch_size"] == 128
+    assert resolved["lr_steps"] == [1]
+    assert "completed: test error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("learners = [", "cannot be read"),
+        ("colour = 3", "colour"),
+        ('learners = "many"', "many"),
+        ("lr = true", "--lr"),
+    ],
+)
+def test_bad_config_files(tmp_path, capsys, text, names):
+    config = tmp_path / "bad.toml"
+    config.write_text(text + "\n")
+    assert names in fails_with_one_line(["train", "--config", str(config)], capsys)
+
+
+def test_a_run_directory_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "already holds a run" in fails_with_one_line(["train", *SMALL, "--out", str(out)], capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "--out" in fails_with_one_line(["train", *SMALL, "--out", str(blocker / "run")], capsys)
+
+
+def test_plot_writes_pngs_and_refuses_a_non_run(tmp_path, capsys):
+    runs = []
+    for protocol in ("hardsync", "async"):
+        out = tmp_path / protocol
+        assert main(["train", *SMALL, "--learners", "2", "--protocol", protocol, "--out", str(out)]) == 0
+        runs.append(str(out))
+    assert main(["plot", *runs, "--out", str(tmp_path / "plots")]) == 0
+    for name in ("test-error.png", "staleness.png"):
+        png = tmp_path / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert "not a run directory" in fails_with_one_line(["plot", str(tmp_path)], capsys)
+
+
+def test_real_process_errors_have_no_traceback(tmp_path):
+    softsync = Path(sys.executable).with_name("softsync")
+    for flags in (["--protocol", "31-softsync", "--learners", "30"], ["--batch-size", "-3"]):
+        done = subprocess.run([str(softsync), "train", *flags, "--out", str(tmp_path / "r")], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

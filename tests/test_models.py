@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from softsync.models import MODELS, build_model, count_parameters
+
+
+def test_paper_cifar10_has_the_caffe_layout_size():
+    assert count_parameters(build_model("paper-cifar10", (3, 32, 32), 10)) == 89_578
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_model_classifies_both_input_shapes(name, shape):
+    model = build_model(name, shape, 10)
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_seeded_initialisation_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = build_model("mlp", (1, 28, 28), 10, seed=7)
+    after = torch.rand(1)
+    b = build_model("mlp", (1, 28, 28), 10, seed=7)
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(KeyError, match="cnn-small"):
+        build_model("vgg", (1, 28, 28), 10)
