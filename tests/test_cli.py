@@ -118,3 +118,13 @@ def test_real_process_errors_have_no_traceback(tmp_path):
                               timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_resume_from_the_command_line_adds_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--learners", "2", "--protocol", "async", "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert json.loads((out / "summary.json").read_text())["config"]["epochs"] == 3
+    assert "--lr" in fails_with_one_line(["train", "--resume", str(out), "--lr", "0.5"], capsys)

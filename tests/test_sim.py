@@ -127,3 +127,53 @@ def test_divergence_ends_with_status_diverged(tmp_path, synthetic):
                        lr=1e6, lr_policy="constant", momentum=0.9, epochs=2)
     assert summary["status"] == "diverged"
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, synthetic, monkeypatch):
+    options = dict(protocol="3-softsync", learners=6, batch_size=16, model="mlp", epochs=4, momentum=0.9,
+                   step_jitter=0.3, seed=2)
+    whole, whole_summary = run(tmp_path, "whole", synthetic, **options)
+
+    from softsync.runlog import Recorder
+    original = Recorder.epoch_end
+
+    def crash_after_second_epoch(self, epoch, *args, **kwargs):
+        result = original(self, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise Interrupt  # as if the process died right after the epoch-2 checkpoint
+        return result
+
+    monkeypatch.setattr(Recorder, "epoch_end", crash_after_second_epoch)
+    with pytest.raises(Interrupt):
+        run(tmp_path, "split", synthetic, **options)
+    monkeypatch.setattr(Recorder, "epoch_end", original)
+    resumed = train(data=synthetic, resume=str(tmp_path / "split"))
+    assert torch.equal(final_weights(whole), final_weights(tmp_path / "split"))
+    assert resumed["updates"] == whole_summary["updates"] and resumed["staleness"] == whole_summary["staleness"]
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_resume_refuses_other_options_and_non_runs(tmp_path, synthetic):
+    from softsync.config import ConfigError
+    from softsync.runlog import RunDirError
+
+    out, _ = run(tmp_path, "done", synthetic, protocol="async", learners=2, model="logreg", epochs=1)
+    with pytest.raises(ConfigError, match="--lr"):
+        train(data=synthetic, resume=str(out), lr=0.5)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        train(data=synthetic, resume=str(tmp_path))
+    with pytest.raises(ConfigError, match="weights"):
+        train(data=synthetic, resume=str(out), module=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)))
+    more = train(data=synthetic, resume=str(out), epochs=2)  # a finished run given one more epoch
+    assert more["gradients"] == 2 * (2048 // 32)
+
+
+def test_any_nn_module_through_the_python_api(tmp_path, synthetic):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    _, summary = run(tmp_path, "custom", synthetic, module=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05)
+    assert summary["status"] == "completed" and summary["test_error"] < 0.5

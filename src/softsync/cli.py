@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import FIELDS, ConfigError, coerce, load_toml, make_config
+from .config import FIELDS, ConfigError, coerce, load_toml
 from .datasets import DataError
 from .runlog import RunDirError
 
@@ -61,8 +61,7 @@ def train_options(args: argparse.Namespace) -> dict:
 def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    config = make_config(**train_options(args))
-    summary = train(config)
+    summary = train(**train_options(args))
     out = summary["config"]["out"]
     error = summary["test_error"]
     shown = "n/a" if error is None else f"{error:.4f}"

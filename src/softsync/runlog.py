@@ -39,6 +39,29 @@ def prepare_run_dir(path: str | Path) -> Path:
     return out
 
 
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """The checkpoint of a run directory; RunDirError (one line) when there is none or it is unreadable."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirError(f"--resume {str(run_dir)!r} is not a run directory: it has no {CHECKPOINT}")
+    try:
+        # our own file: it holds Python objects (config, random states), so not weights_only
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise RunDirError(f"--resume {str(run_dir)!r}: {CHECKPOINT} cannot be read ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or not {"config", "server", "data", "engine", "epoch", "recorder"} <= set(checkpoint):
+        raise RunDirError(f"--resume {str(run_dir)!r}: {CHECKPOINT} is not a softsync checkpoint")
+    return checkpoint
+
+
+def keep_metrics_up_to(run_dir: Path, epoch: int) -> None:
+    """Drop metrics written after the checkpoint's epoch: the resumed run writes them again."""
+    path = run_dir / METRICS
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+        atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
+
+
 def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
     """Write through a temporary file, fsync and rename, so a crash never leaves half a file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -119,7 +142,7 @@ class Recorder:
         self.last_test_error = test_error
         diverged = not (math.isfinite(test_loss) and math.isfinite(train_loss))
         if checkpoint is not None:
-            checkpoint = {**checkpoint, "config": self.config.resolved(), "epoch": epoch + 1, "wall_s": self.wall_s}
+            checkpoint = {**checkpoint, "config": self.config.resolved(), "epoch": epoch + 1, "recorder": self.state_dict()}
             atomic_write_bytes(self.out / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
         self.progress.update(self._pending_progress)
         self._pending_progress = 0
@@ -130,6 +153,25 @@ class Recorder:
             test_error=f"{test_error:.4f}",
         )
         return diverged
+
+    def state_dict(self) -> dict:
+        return {
+            "wall_s": self.wall_s,
+            "loss_sum": dict(self.loss_sum),
+            "loss_count": dict(self.loss_count),
+            "staleness_seen": self._staleness_seen,
+            "consecutive_rejections": self.consecutive_rejections,
+            "last_test_error": self.last_test_error,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wall_offset = state["wall_s"]
+        self.started = time.perf_counter()
+        self.loss_sum = dict(state["loss_sum"])
+        self.loss_count = dict(state["loss_count"])
+        self._staleness_seen = tuple(state["staleness_seen"])
+        self.consecutive_rejections = state["consecutive_rejections"]
+        self.last_test_error = state["last_test_error"]
 
     def finish(self, server, learner_failures: int = 0, virtual_s: float | None = None) -> dict:
         """Write summary.json and return it."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,8 +13,11 @@ from .datasets import Dataset, load_dataset
 from .engines.sim import SimEngine, StepTimeModel
 from .learner import Learner, evaluate
 from .models import build_model
-from .runlog import Recorder, prepare_run_dir
+from .runlog import Recorder, keep_metrics_up_to, load_checkpoint, prepare_run_dir
 from .server import ParameterServer
+
+# what may change when a run is resumed: the rest is the run's own config
+RESUME_OVERRIDES = {"epochs", "quiet", "resume"}
 
 
 def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
@@ -23,21 +27,36 @@ def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
     return num_samples // config.batch_size
 
 
+def resume_config(run_dir: str, options: dict) -> tuple[TrainConfig, dict]:
+    """The config and checkpoint of the run in ``run_dir``, with ``options`` (epochs, quiet) applied."""
+    changed = sorted(set(options) - RESUME_OVERRIDES)
+    if changed:
+        names = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise ConfigError(f"--resume continues a run with its own config: only --epochs and --quiet may be given (got {names})")
+    checkpoint = load_checkpoint(run_dir)
+    saved = {k: v for k, v in checkpoint["config"].items() if k != "resume"}
+    config = make_config(**{**saved, **options, "out": run_dir, "resume": run_dir})
+    return config, checkpoint
+
+
 def train(config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options) -> dict:
     """Train under ``config`` (or keyword options named like the CLI flags) and return the summary.
 
     ``module`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``data`` a loaded
-    Dataset (then ``config.dataset`` only names it). Writes metrics.jsonl, summary.json and checkpoint.pt into ``config.out``.
+    Dataset (then ``config.dataset`` only names it). Writes metrics.jsonl, summary.json and
+    checkpoint.pt into ``config.out``. ``resume=RUN_DIR`` continues that run in place.
     """
-    if config is None:
+    checkpoint = None
+    resume = options.get("resume") or (config.resume if config is not None else None)
+    if resume:
+        config, checkpoint = resume_config(str(resume), options)
+    elif config is None:
         config = make_config(**options)
     else:
         config = dataclasses.replace(config, **options)
         validate(config)
     if config.engine != "sim":
         raise ConfigError("--engine dist is not built yet: use --engine sim")
-    if config.resume is not None:
-        raise ConfigError("--resume is not built yet: start a new run with --out")
     dataset = data
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
@@ -47,14 +66,20 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         raise ConfigError(
             f"--batch-size {config.batch_size} × --learners {config.learners} exceeds the {num_samples} training samples of {config.dataset}"
         )
-    out = prepare_run_dir(config.out or config.default_out())
-    config = dataclasses.replace(config, out=str(out))
 
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
     model = module
     if model is None:
         model = build_model(config.model, dataset.input_shape, dataset.num_classes, seed=config.seed)
     learner = Learner(model)
+    if checkpoint is not None and checkpoint["server"]["weights"].shape != learner.weights.shape:
+        raise ConfigError(
+            f"--resume {config.out!r}: its checkpoint holds {checkpoint['server']['weights'].numel()} weights, "
+            f"the model {learner.weights.numel()}"
+        )
+    out = Path(config.out) if checkpoint is not None else prepare_run_dir(config.out or config.default_out())
+    config = dataclasses.replace(config, out=str(out))
+
     server = ParameterServer(
         learner.weights,  # the sim's learners compute on the server's own weights (see engines/sim.py)
         config.parsed_protocol(),
@@ -81,5 +106,12 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         seed=config.seed,
     )
     engine = SimEngine(server, learner, data_server, dataset.train_x, dataset.train_y, times, recorder, config.learners)
+    if checkpoint is not None:
+        server.load_state_dict(checkpoint["server"])
+        data_server.load_state_dict(checkpoint["data"])
+        engine.load_state_dict(checkpoint["engine"])
+        recorder.load_state_dict(checkpoint["recorder"])
+        recorder.progress.update(checkpoint["epoch"] * per_epoch)
+        keep_metrics_up_to(out, checkpoint["epoch"])
     recorder.status = engine.run()
     return recorder.finish(server, virtual_s=engine.now)

@@ -90,8 +90,9 @@ class SimEngine:
 
     def run(self) -> str:
         """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
-        for learner in range(self.learners):
-            self.schedule(0.0, PULL, learner)
+        if not self.events:  # a new run, or a finished one given more epochs
+            for learner in range(self.learners):
+                self.schedule(self.now, PULL, learner)
         while self.events and not self.finished:
             self.now, _, kind, learner = heapq.heappop(self.events)
             if kind == PULL:
@@ -122,8 +123,6 @@ class SimEngine:
             self.data.give_back(work.batch)
             self.schedule(self.now, PULL, learner)
             return
-        if self.data.complete(work.batch):
-            self.end_epoch(work.batch.epoch)
         if not self.server.protocol.blocking:
             self.schedule(self.now, PULL, learner)
         elif result.updated:
@@ -133,11 +132,45 @@ class SimEngine:
             self.waiting.clear()
         else:
             self.waiting.append(learner)
+        # last, so that the epoch's checkpoint holds this learner's next pull
+        if self.data.complete(work.batch):
+            self.end_epoch(work.batch.epoch)
 
     def end_epoch(self, epoch: int) -> None:
         if epoch + 1 == self.data.epochs:
             self.server.apply_update()  # the last partial buffer of n-softsync: no gradient wasted
         self.server.set_epoch(epoch + 1)
-        checkpoint = {"server": self.server.state_dict(), "data": self.data.state_dict(), "virtual_s": self.now}
+        checkpoint = {"server": self.server.state_dict(), "data": self.data.state_dict(), "engine": self.state_dict()}
         if self.recorder.epoch_end(epoch, self.server, virtual_s=self.now, checkpoint=checkpoint):
             self.diverged = self.finished = True
+
+    def state_dict(self) -> dict:
+        """The simulation's own state (time, queued events, held gradients, random streams)."""
+        return {
+            "now": self.now,
+            "link_free": self.link_free,
+            "events": list(self.events),
+            "sequence": self.sequence,
+            "in_flight": {
+                learner: {"epoch": w.batch.epoch, "index": w.batch.index, "samples": w.batch.samples,
+                          "timestamp": w.timestamp, "gradient": w.gradient.clone(), "loss": w.loss}
+                for learner, w in self.in_flight.items()
+            },
+            "waiting": list(self.waiting),
+            "rngs": [rng.getstate() for rng in self.times.rngs],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; with no queued events (a finished run), learners start afresh."""
+        self.now = state["now"]
+        self.link_free = state["link_free"]
+        self.events = [tuple(event) for event in state["events"]]
+        heapq.heapify(self.events)
+        self.sequence = state["sequence"]
+        self.in_flight = {
+            int(learner): InFlight(Batch(w["epoch"], w["index"], w["samples"]), w["timestamp"], w["gradient"], w["loss"])
+            for learner, w in state["in_flight"].items()
+        }
+        self.waiting = list(state["waiting"])
+        for rng, rng_state in zip(self.times.rngs, state["rngs"]):
+            rng.setstate(rng_state)
