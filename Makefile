@@ -26,7 +26,7 @@ data:
 
 run: setup
 	$(VENV)/bin/softsync train --learners 4 --protocol 2-softsync --lr-policy staleness --model cnn-small \
-		--batch-size 32 --lr 0.01 --momentum 0.9 --epochs 3 --out $(RUN_OUT)
+		--batch-size 32 --lr 0.02 --momentum 0.9 --epochs 5 --out $(RUN_OUT)
 	$(VENV)/bin/softsync plot $(RUN_OUT)
 	@echo "run directory: $(RUN_OUT) (metrics.jsonl, summary.json, checkpoint.pt, test-error.png, staleness.png)"
 

@@ -128,3 +128,11 @@ def test_resume_from_the_command_line_adds_epochs(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["config"]["epochs"] == 3
     assert "--lr" in fails_with_one_line(["train", "--resume", str(out), "--lr", "0.5"], capsys)
+
+
+def test_readme_documents_every_flag():
+    from softsync.config import FIELDS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in [*FIELDS, "config"]:
+        assert f"`--{name.replace('_', '-')}" in readme, name

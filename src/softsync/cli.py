@@ -31,7 +31,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=spec.metadata["help"])
         else:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=f"{spec.metadata['help']} (default: {shown})")
+            text = spec.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else "")
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
