@@ -177,3 +177,25 @@ def test_any_nn_module_through_the_python_api(tmp_path, synthetic):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
     _, summary = run(tmp_path, "custom", synthetic, module=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05)
     assert summary["status"] == "completed" and summary["test_error"] < 0.5
+
+
+def test_a_rejected_gradient_is_redone_and_its_batch_used_once(tmp_path, synthetic, monkeypatch):
+    from softsync.learner import Learner
+
+    original = Learner.gradient
+    calls = {"n": 0}
+
+    def sometimes_nan(self, weights, inputs, targets):
+        gradient, loss = original(self, weights, inputs, targets)
+        calls["n"] += 1
+        if calls["n"] % 7 == 0:
+            gradient[0] = float("nan")
+        return gradient, loss
+
+    monkeypatch.setattr(Learner, "gradient", sometimes_nan)
+    for protocol in ("hardsync", "2-softsync"):
+        _, summary = run(tmp_path, protocol, synthetic, protocol=protocol, learners=4, batch_size=16, model="logreg", epochs=2)
+        assert summary["status"] == "completed"
+        assert summary["rejected_gradients"] > 0
+        per_epoch = 2048 // 16 if protocol != "hardsync" else (2048 // 64) * 4
+        assert summary["gradients"] == 2 * per_epoch  # every mini-batch applied exactly once

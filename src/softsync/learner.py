@@ -10,34 +10,45 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def flatten_parameters(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_parameters(
+    model: nn.Module, weights: torch.Tensor | None = None, gradients: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rebind every parameter of ``model`` (and its gradient) as a view of one flat buffer.
 
     Returns ``(weights, gradients)``: writing into ``weights`` changes the model; a backward
-    pass accumulates into ``gradients``. Parameters shared between modules are bound once.
+    pass accumulates into ``gradients``. Pass ``weights``/``gradients`` (e.g. the payload of a
+    message buffer) to have the model live there; the model's current values are copied in.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    size = sum(p.numel() for p in params)
     with torch.no_grad():
-        weights = torch.cat([p.detach().reshape(-1) for p in params]).contiguous()
-    gradients = torch.zeros_like(weights)
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        if weights is None:
+            weights = flat
+        else:
+            weights.copy_(flat)
+    if gradients is None:
+        gradients = torch.zeros_like(weights)
+    if weights.numel() != size or gradients.numel() != size:
+        raise ValueError(f"buffers of {weights.numel()} and {gradients.numel()} values for a model of {size} parameters")
     offset = 0
     for p in params:
-        size = p.numel()
-        p.data = weights[offset : offset + size].view_as(p)
-        p.grad = gradients[offset : offset + size].view_as(p)
-        offset += size
+        count = p.numel()
+        p.data = weights[offset : offset + count].view_as(p)
+        p.grad = gradients[offset : offset + count].view_as(p)
+        offset += count
     return weights, gradients
 
 
 class Learner:
     """Computes mean mini-batch gradients of ``model`` on the weights it is given."""
 
-    def __init__(self, model: nn.Module, loss_fn=F.cross_entropy) -> None:
+    def __init__(self, model: nn.Module, loss_fn=F.cross_entropy, weights: torch.Tensor | None = None, gradients: torch.Tensor | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
-        self.weights, self.gradients = flatten_parameters(model)
+        self.weights, self.gradients = flatten_parameters(model, weights, gradients)
 
     @property
     def num_parameters(self) -> int:

@@ -59,3 +59,41 @@ def parse_protocol(text: str, learners: int) -> Protocol:
     if n < 1 or n > learners:
         raise ProtocolError(f"protocol {text!r} needs 1 <= n <= learners ({learners}): got n = {n}")
     return Protocol("softsync", n)
+
+
+class PullGate:
+    """When the server answers a learner's pull.
+
+    n-softsync and async answer at once. Hardsync holds pulls until every live learner is
+    waiting (the round's update is then applied) and answers them together in learner order,
+    which is what gives learner l the mini-batch rλ + l of round r.
+    """
+
+    def __init__(self, protocol: Protocol, learners: int) -> None:
+        self.blocking = protocol.blocking
+        self.live = set(range(learners))
+        self.waiting: set[int] = set()
+
+    def request(self, learner: int, hold: bool = True) -> list[int]:
+        """Learner ``learner`` asks for weights; returns the learners to answer now.
+
+        ``hold=False`` answers at once even under hardsync (a rejected gradient is redone
+        within the same round).
+        """
+        if not self.blocking or not hold:
+            return [learner]
+        self.waiting.add(learner)
+        return self._release()
+
+    def remove(self, learner: int) -> list[int]:
+        """A learner is gone: the others may no longer need to wait for it."""
+        self.live.discard(learner)
+        self.waiting.discard(learner)
+        return self._release() if self.blocking else []
+
+    def _release(self) -> list[int]:
+        if self.live and self.waiting >= self.live:
+            released = sorted(self.waiting)
+            self.waiting.clear()
+            return released
+        return []

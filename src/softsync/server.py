@@ -66,7 +66,8 @@ class ParameterServer:
         self.gradients = 0  # accepted gradients
         self.rejected_gradients = 0
         self.stats = StalenessStats()
-        self._sum: torch.Tensor | None = None  # Σ (α(τ)/α0) g over the buffer
+        self._accumulator = torch.zeros_like(weights)
+        self._sum: torch.Tensor | None = None  # Σ (α(τ)/α0) g over the buffer, in _accumulator when c > 1
         self._buffered = 0
         self._contributors: set[int] = set()  # learners in the current buffer
 
@@ -78,8 +79,8 @@ class ParameterServer:
     def push(self, gradient: torch.Tensor, timestamp: int, learner: int) -> PushResult:
         """Buffer one gradient computed on the weights of clock ``timestamp``; update when full.
 
-        The server takes ``gradient`` over: it may scale it in place and keep it until the
-        update, so pass a tensor the caller no longer writes to.
+        The server may scale ``gradient`` in place but does not keep it after returning, so
+        a transport can receive the next message into the same buffer.
         """
         tau = self.clock - timestamp
         reason = ""
@@ -96,16 +97,19 @@ class ParameterServer:
             return PushResult(False, False, tau, reason)
 
         scale = self.policy(tau, self.protocol.n)
-        if self._buffered == 0:
-            # the first gradient becomes the sum: no copy on the hot path of async (c = 1)
+        per_update = self.protocol.gradients_per_update(len(self.live_learners))
+        if self._buffered == 0 and per_update == 1:
+            # async: the gradient is the update, applied before we return; no copy on the hot path
             self._sum = gradient.mul_(scale) if scale != 1.0 else gradient
+        elif self._buffered == 0:
+            self._sum = torch.mul(gradient, scale, out=self._accumulator)
         else:
             self._sum.add_(gradient, alpha=scale)
         self._buffered += 1
         self._contributors.add(learner)
         self.gradients += 1
         self.stats.add(tau)
-        updated = self._buffered >= self.protocol.gradients_per_update(len(self.live_learners))
+        updated = self._buffered >= per_update
         if updated:
             self.apply_update()
         return PushResult(True, updated, tau)
@@ -159,7 +163,7 @@ class ParameterServer:
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.weights.copy_(state["weights"])
-        self._sum = None if state["buffer_sum"] is None else state["buffer_sum"].clone()
+        self._sum = None if state["buffer_sum"] is None else self._accumulator.copy_(state["buffer_sum"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.clock = state["clock"]
         self.epoch = state["epoch"]

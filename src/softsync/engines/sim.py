@@ -19,7 +19,9 @@ import torch
 
 from ..data import Batch, DataServer
 from ..learner import Learner
+from ..protocol import PullGate
 from ..server import ParameterServer
+from . import end_epoch
 
 PULL, PUSH_SEND, PUSH_ARRIVE = 0, 1, 2
 
@@ -74,7 +76,7 @@ class SimEngine:
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
         self.sequence = 0
         self.in_flight: dict[int, InFlight] = {}
-        self.waiting: list[int] = []  # hardsync learners whose push waits for the round's update
+        self.gate = PullGate(server.protocol, learners)
         self.finished = False
         self.diverged = False
 
@@ -121,28 +123,12 @@ class SimEngine:
             return
         if not result.accepted:
             self.data.give_back(work.batch)
-            self.schedule(self.now, PULL, learner)
-            return
-        if not self.server.protocol.blocking:
-            self.schedule(self.now, PULL, learner)
-        elif result.updated:
-            # the round's update is applied: answer the waiting pulls in learner order
-            for waiting in sorted(self.waiting + [learner]):
-                self.schedule(self.now, PULL, waiting)
-            self.waiting.clear()
-        else:
-            self.waiting.append(learner)
+        for answered in self.gate.request(learner, hold=result.accepted):
+            self.schedule(self.now, PULL, answered)
         # last, so that the epoch's checkpoint holds this learner's next pull
-        if self.data.complete(work.batch):
-            self.end_epoch(work.batch.epoch)
-
-    def end_epoch(self, epoch: int) -> None:
-        if epoch + 1 == self.data.epochs:
-            self.server.apply_update()  # the last partial buffer of n-softsync: no gradient wasted
-        self.server.set_epoch(epoch + 1)
-        checkpoint = {"server": self.server.state_dict(), "data": self.data.state_dict(), "engine": self.state_dict()}
-        if self.recorder.epoch_end(epoch, self.server, virtual_s=self.now, checkpoint=checkpoint):
-            self.diverged = self.finished = True
+        if result.accepted and self.data.complete(work.batch):
+            if end_epoch(self.server, self.data, self.recorder, work.batch.epoch, self.state_dict(), self.now):
+                self.diverged = self.finished = True
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
@@ -156,7 +142,7 @@ class SimEngine:
                           "timestamp": w.timestamp, "gradient": w.gradient.clone(), "loss": w.loss}
                 for learner, w in self.in_flight.items()
             },
-            "waiting": list(self.waiting),
+            "waiting": sorted(self.gate.waiting),
             "rngs": [rng.getstate() for rng in self.times.rngs],
         }
 
@@ -171,6 +157,6 @@ class SimEngine:
             int(learner): InFlight(Batch(w["epoch"], w["index"], w["samples"]), w["timestamp"], w["gradient"], w["loss"])
             for learner, w in state["in_flight"].items()
         }
-        self.waiting = list(state["waiting"])
+        self.gate.waiting = set(state["waiting"])
         for rng, rng_state in zip(self.times.rngs, state["rngs"]):
             rng.setstate(rng_state)
