@@ -10,6 +10,7 @@ import sys
 
 from .config import FIELDS, ConfigError, coerce, load_toml
 from .datasets import DataError
+from .engines.dist import DistError
 from .runlog import RunDirError
 
 USER_ERRORS = (ConfigError, DataError, RunDirError)
@@ -63,6 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     summary = train(**train_options(args))
+    if summary is None:  # a learner rank under torchrun: rank 0 reports
+        return 0
     out = summary["config"]["out"]
     error = summary["test_error"]
     shown = "n/a" if error is None else f"{error:.4f}"
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2
+    except DistError as error:
+        print(f"softsync: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("softsync: interrupted", file=sys.stderr)
         return 130

@@ -56,6 +56,9 @@ class TrainConfig:
     learner_speeds: tuple[float, ...] = _opt((), "relative speed of each learner, e.g. 1,1,0.5 (default all 1)")
     bandwidth: float = _opt(1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers)")
     latency: float = _opt(5e-5, "sim: one-way message latency, seconds")
+    # the dist engine
+    timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
+    threads_per_learner: int = _opt(1, "dist: torch threads of each learner process")
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
     quiet: bool = _opt(False, "no progress bar")
 
@@ -172,6 +175,8 @@ def validate(config: TrainConfig) -> None:
     require(0 <= config.step_jitter < 1, f"--step-jitter {config.step_jitter}: must be in [0, 1)")
     require(config.bandwidth > 0, f"--bandwidth {config.bandwidth}: must be a positive number of bytes per second")
     require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
+    require(math.isfinite(config.timeout) and config.timeout > 0, f"--timeout {config.timeout}: must be a positive number of seconds")
+    require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     if config.learner_speeds:
         require(

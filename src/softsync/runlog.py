@@ -5,6 +5,7 @@ into those files, so that both engines write the same outputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,16 @@ def prepare_run_dir(path: str | Path) -> Path:
     except OSError as error:
         raise RunDirError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
     return out
+
+
+def open_run_dir(config, checkpoint: dict | None):
+    """(config with ``out`` set, the run directory): a fresh one, or the resumed one cut back to its checkpoint."""
+    if checkpoint is not None:
+        out = Path(config.out)
+        keep_metrics_up_to(out, checkpoint["epoch"])
+    else:
+        out = prepare_run_dir(config.out or config.default_out())
+    return dataclasses.replace(config, out=str(out)), out
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:
@@ -85,6 +96,7 @@ class Recorder:
         self.evaluate = evaluate
         self.started = time.perf_counter()
         self.wall_offset = 0.0  # wall time of earlier sessions of a resumed run
+        self.epoch_end_s = 0.0  # time spent evaluating and checkpointing: not training
         self.loss_sum: dict[int, float] = {}
         self.loss_count: dict[int, int] = {}
         self.last_test_error: float | None = None
@@ -114,6 +126,7 @@ class Recorder:
 
     def epoch_end(self, epoch: int, server, virtual_s: float | None = None, checkpoint: dict | None = None) -> bool:
         """Evaluate, append to metrics.jsonl, write the checkpoint; True if the run diverged."""
+        paused = time.perf_counter()
         test_loss, test_error = self.evaluate()
         count = self.loss_count.pop(epoch, 0)
         train_loss = self.loss_sum.pop(epoch, 0.0) / count if count else float("nan")
@@ -144,6 +157,7 @@ class Recorder:
         if checkpoint is not None:
             checkpoint = {**checkpoint, "config": self.config.resolved(), "epoch": epoch + 1, "recorder": self.state_dict()}
             atomic_write_bytes(self.out / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
+        self.epoch_end_s += time.perf_counter() - paused
         self.progress.update(self._pending_progress)
         self._pending_progress = 0
         self.progress.set_postfix(
@@ -157,6 +171,7 @@ class Recorder:
     def state_dict(self) -> dict:
         return {
             "wall_s": self.wall_s,
+            "epoch_end_s": self.epoch_end_s,
             "loss_sum": dict(self.loss_sum),
             "loss_count": dict(self.loss_count),
             "staleness_seen": self._staleness_seen,
@@ -166,6 +181,7 @@ class Recorder:
 
     def load_state_dict(self, state: dict) -> None:
         self.wall_offset = state["wall_s"]
+        self.epoch_end_s = state["epoch_end_s"]
         self.started = time.perf_counter()
         self.loss_sum = dict(state["loss_sum"])
         self.loss_count = dict(state["loss_count"])
@@ -178,7 +194,7 @@ class Recorder:
         self.progress.close()
         wall = self.wall_s
         samples = server.gradients * self.config.batch_size
-        elapsed = virtual_s if virtual_s is not None else wall
+        elapsed = virtual_s if virtual_s is not None else wall - self.epoch_end_s
         summary = {
             "config": self.config.resolved(),
             "status": self.status,
@@ -190,6 +206,7 @@ class Recorder:
             "samples": samples,
             "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
             "wall_s": round(wall, 4),
+            "epoch_end_s": round(self.epoch_end_s, 4),
             "staleness": server.stats.summary(),
         }
         if virtual_s is not None:

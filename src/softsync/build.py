@@ -1,0 +1,88 @@
+"""Build a run's components from its config: dataset, model, parameter server, data server, recorder.
+
+Both engines start from here, so a run means the same thing whichever engine drives it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ConfigError, TrainConfig
+from .data import DataServer
+from .datasets import Dataset, load_dataset
+from .learner import Learner, evaluate
+from .models import build_model
+from .runlog import Recorder
+from .server import ParameterServer
+
+
+def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
+    """N//μ mini-batches; hardsync: N//(μλ) rounds of λ mini-batches."""
+    per_epoch = num_samples // config.batch_size
+    if config.parsed_protocol().blocking:
+        per_epoch = (num_samples // (config.batch_size * config.learners)) * config.learners
+    if per_epoch < 1:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} × --learners {config.learners} exceeds the {num_samples} training samples of {config.dataset}"
+        )
+    return per_epoch
+
+
+def load_data(config: TrainConfig) -> Dataset:
+    return load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
+
+
+def make_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
+    return build_model(config.model, dataset.input_shape, dataset.num_classes, seed=config.seed)
+
+
+@dataclass
+class Run:
+    """Everything the server side of a run holds."""
+
+    config: TrainConfig
+    dataset: Dataset
+    model: nn.Module
+    learner: Learner  # its weights are the server's weights: evaluation (and the sim's learners) use them
+    server: ParameterServer
+    data: DataServer
+    recorder: Recorder
+    per_epoch: int
+
+
+def build_run(config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None, checkpoint: dict | None = None) -> Run:
+    """Assemble the server side of a run writing into ``out``; restore ``checkpoint`` if given."""
+    dataset = dataset if dataset is not None else load_data(config)
+    per_epoch = batches_per_epoch(config, len(dataset.train_y))
+    model = module if module is not None else make_model(config, dataset)
+    learner = Learner(model)
+    if checkpoint is not None and checkpoint["server"]["weights"].shape != learner.weights.shape:
+        raise ConfigError(
+            f"--resume {str(out)!r}: its checkpoint holds {checkpoint['server']['weights'].numel()} weights, "
+            f"the model {learner.weights.numel()}"
+        )
+    server = ParameterServer(
+        learner.weights,
+        config.parsed_protocol(),
+        config.learners,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        lr_policy=config.lr_policy,
+        lr_steps=config.lr_steps,
+        lr_gamma=config.lr_gamma,
+    )
+    data = DataServer(len(dataset.train_y), config.batch_size, config.seed, config.epochs, per_epoch)
+    test_x, test_y = dataset.test_x, dataset.test_y
+    if config.eval_samples:
+        test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    recorder = Recorder(out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet)
+    if checkpoint is not None:
+        server.load_state_dict(checkpoint["server"])
+        data.load_state_dict(checkpoint["data"])
+        recorder.load_state_dict(checkpoint["recorder"])
+        recorder.progress.update(checkpoint["epoch"] * per_epoch)
+    return Run(config, dataset, model, learner, server, data, recorder, per_epoch)

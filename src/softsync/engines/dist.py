@@ -1,0 +1,234 @@
+"""Real processes on torch.distributed (gloo, point-to-point): rank 0 is the parameter server and
+data server, ranks 1..λ are learners 0..λ-1.
+
+Every message is one contiguous float32 buffer, sent whole, never pickled. Its first HEADER slots
+are a header read as int32 (a float32 slot holds any int32's bits exactly):
+
+    learner → server: [kind, learner, timestamp, epoch, index, 0, 0, loss (float32)] + gradient
+    server → learner: [kind, clock, epoch, index, 0, 0, 0, 0] + μ sample indices (int32) + weights
+
+A learner's model lives inside its two buffers (weights in the receive buffer, gradients in the
+send buffer), so a step copies nothing per parameter. The server reads each learner's messages on
+a thread of its own, so a lost learner is noticed at once without disturbing the others, and it
+answers pulls as the PullGate says: at once under n-softsync, after the round's update under
+hardsync. The semantics live in the ParameterServer, Learner and DataServer the sim engine uses.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..build import Run, load_data, make_model
+from ..config import TrainConfig
+from ..learner import Learner
+from ..protocol import PullGate
+from . import end_epoch
+
+HEADER = 8
+PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
+LOSS_SLOT = 7
+
+
+class DistError(RuntimeError):
+    """A failure of the distributed run (a lost, hung or misbehaving peer); one line."""
+
+    exit_code = 1
+
+
+def describe(learner: int) -> str:
+    return f"learner {learner} (rank {learner + 1})"
+
+
+def int_header(buffer: torch.Tensor) -> torch.Tensor:
+    return buffer[:HEADER].view(torch.int32)
+
+
+def short(error: BaseException) -> str:
+    """The first line of a gloo error, without its source-file prefix."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split("] ", 1)[-1] if text.startswith("[") else text
+
+
+class DistServer:
+    """Rank 0: answers pulls and applies pushes for λ learner ranks."""
+
+    def __init__(self, run: Run, timeout: float) -> None:
+        self.run = run
+        self.config = run.config
+        self.server, self.data, self.recorder = run.server, run.data, run.recorder
+        self.timeout = timeout
+        learners = self.config.learners
+        size = run.learner.weights.numel()
+        self.receive = [torch.empty(HEADER + size) for _ in range(learners)]
+        self.outgoing = [torch.zeros(HEADER + self.config.batch_size + size) for _ in range(learners)]
+        self.sends: list[dist.Work | None] = [None] * learners
+        self.inbox: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        self.gate = PullGate(self.server.protocol, learners)
+        self.active = set(range(learners))  # learners not yet told to stop
+        self.in_flight: dict[int, object] = {}  # learner -> Batch it is computing
+        self.deadline: dict[int, float] = {}  # learner -> when its push is overdue
+        self.stopping = False
+        self.status = "completed"
+
+    # -- transport ---------------------------------------------------------------------------
+    def read(self, learner: int) -> None:
+        """Thread: forward each message of one learner to the inbox until its connection ends."""
+        buffer = self.receive[learner]
+        while True:
+            try:
+                dist.recv(buffer, src=learner + 1)
+            except Exception as error:  # gloo raises RuntimeError subclasses for closed or timed-out pairs
+                self.inbox.put((learner, short(error)))
+                return
+            self.inbox.put((learner, None))
+
+    def next_message(self) -> int:
+        """The next learner with a message; DistError when a learner fails or is overdue."""
+        while True:
+            now = time.monotonic()
+            due = min(self.deadline.values(), default=now + self.timeout)
+            try:
+                learner, error = self.inbox.get(timeout=max(0.0, due - now))
+            except queue.Empty:
+                overdue = [l for l, t in self.deadline.items() if t <= time.monotonic()] or sorted(self.active)
+                raise DistError(f"{describe(overdue[0])} sent nothing for {self.timeout:g} s: it is hung or lost") from None
+            if error is None:
+                return learner
+            if learner in self.active:
+                raise DistError(f"{describe(learner)} was lost: {error}")
+            # a learner we already stopped closing its connection: expected
+
+    def send(self, learner: int, kind: int, clock: int = 0, batch=None) -> None:
+        previous = self.sends[learner]
+        if previous is not None:
+            previous.wait()  # the learner has answered, so this finished long ago
+        buffer = self.outgoing[learner]
+        header = int_header(buffer)
+        header.zero_()
+        header[0] = kind
+        if batch is not None:
+            header[1], header[2], header[3] = clock, batch.epoch, batch.index
+            size = self.config.batch_size
+            buffer[HEADER : HEADER + size].view(torch.int32).copy_(batch.samples)
+            buffer[HEADER + size :].copy_(self.server.weights)
+        self.sends[learner] = dist.isend(buffer, dst=learner + 1)
+
+    # -- the server loop ---------------------------------------------------------------------
+    def answer(self, learner: int) -> None:
+        """Send ``learner`` the current weights and its next mini-batch, or tell it to stop."""
+        batch = None if self.stopping else self.data.take()
+        if batch is None:
+            self.send(learner, STOP)
+            self.active.discard(learner)
+            self.deadline.pop(learner, None)
+            return
+        self.in_flight[learner] = batch
+        self.deadline[learner] = time.monotonic() + self.timeout
+        self.send(learner, WEIGHTS, self.server.clock, batch)
+
+    def stop_all(self, status: str) -> None:
+        self.status = status
+        self.stopping = True
+        for learner in sorted(self.gate.waiting):
+            self.answer(learner)
+        self.gate.waiting.clear()
+
+    def handle(self, learner: int) -> None:
+        buffer = self.receive[learner]
+        kind, sender, timestamp, epoch, index = int_header(buffer)[:5].tolist()
+        if sender != learner or kind not in (PULL, PUSH):
+            raise DistError(f"{describe(learner)} sent a malformed header (kind {kind}, learner {sender})")
+        self.deadline.pop(learner, None)
+        if self.stopping:
+            self.answer(learner)
+            return
+        if kind == PULL:
+            for answered in self.gate.request(learner):
+                self.answer(answered)
+            return
+        batch = self.in_flight.pop(learner)
+        if (epoch, index) != (batch.epoch, batch.index):
+            raise DistError(f"{describe(learner)} pushed mini-batch {epoch}:{index}, it was given {batch.epoch}:{batch.index}")
+        result = self.server.push(buffer[HEADER:], timestamp, learner)
+        loss = float(buffer[LOSS_SLOT])
+        if self.recorder.gradient(batch.epoch, loss, result.accepted, self.config.learners):
+            self.stop_all("diverged")
+            self.answer(learner)
+            return
+        if not result.accepted:
+            self.data.give_back(batch)
+        # the epoch ends before anyone is answered: evaluation pauses training, so it is not timed
+        if result.accepted and self.data.complete(batch):
+            engine_state = {"reissue": [(b.epoch, b.index) for b in self.in_flight.values()]}
+            if end_epoch(self.server, self.data, self.recorder, batch.epoch, engine_state):
+                self.stop_all("diverged")
+                self.answer(learner)
+                return
+        for answered in self.gate.request(learner, hold=result.accepted):
+            self.answer(answered)
+
+    def serve(self) -> str:
+        """Run until every learner has been told to stop; returns the run's status."""
+        readers = [threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(self.config.learners)]
+        for reader in readers:
+            reader.start()
+        while self.active:
+            self.handle(self.next_message())
+        for work in self.sends:
+            if work is not None:
+                work.wait()
+        for reader in readers:  # they end when the stopped learners close their connections
+            reader.join(timeout=self.timeout)
+        return self.status
+
+
+def learn(config: TrainConfig, learner_id: int) -> None:
+    """Ranks 1..λ: pull, compute, push until the server says stop."""
+    torch.set_num_threads(config.threads_per_learner)
+    dataset = load_data(config)
+    model = make_model(config, dataset)
+    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    inbox = torch.empty(HEADER + config.batch_size + size)
+    outbox = torch.zeros(HEADER + size)
+    learner = Learner(model, weights=inbox[HEADER + config.batch_size :], gradients=outbox[HEADER:])
+    header_in, header_out = int_header(inbox), int_header(outbox)
+    samples = inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
+    slowdown = 1.0 / config.learner_speeds[learner_id] - 1.0 if config.learner_speeds else 0.0
+
+    header_out[0], header_out[1] = PULL, learner_id
+    dist.send(outbox, dst=0)
+    while True:
+        dist.recv(inbox, src=0)
+        kind, clock, epoch, index = header_in[:4].tolist()
+        if kind == STOP:
+            return
+        if kind != WEIGHTS:
+            raise DistError(f"the server sent a malformed header (kind {kind})")
+        started = time.perf_counter()
+        batch = samples.long()
+        _, loss = learner.gradient(learner.weights, dataset.train_x[batch], dataset.train_y[batch])
+        if slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
+            time.sleep((time.perf_counter() - started) * slowdown)
+        header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
+        outbox[LOSS_SLOT] = loss
+        dist.send(outbox, dst=0)
+
+
+def init(config: TrainConfig) -> tuple[int, int]:
+    """Join the process group of RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; returns (rank, world size)."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world != config.learners + 1:
+        from ..config import ConfigError
+
+        raise ConfigError(f"world size {world} needs --learners {world - 1} (one server rank and one rank per learner)")
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout))
+    except Exception as error:
+        raise DistError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
+    return rank, world

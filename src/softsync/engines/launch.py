@@ -1,0 +1,160 @@
+"""Starting a dist run: λ+1 local processes on 127.0.0.1, or one rank under torchrun.
+
+Locally, this process only supervises: it starts rank 0 (server) and ranks 1..λ (learners) as
+children, watches them, and when the run ends, fails or is interrupted, makes sure every one of
+them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one rank itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..build import build_run
+from ..config import ConfigError, TrainConfig, make_config
+from ..datasets import DataError, resolve_data_dir
+from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
+from .dist import DistError, DistServer, describe, init, learn, short
+
+PROCESSES = "processes.json"
+WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> dict | None:
+    """Be one rank of a dist run; rank 0 returns the summary, learners None."""
+    rank, world = init(config)
+    out = None
+    try:
+        # who is where, for processes.json (startup only: pickling is fine here)
+        processes: list = [None] * world
+        dist.all_gather_object(processes, {"pid": os.getpid(), "host": socket.gethostname()})
+        if rank != 0:
+            learn(config, rank - 1)
+            return None
+        torch.set_num_threads(1)
+        if prepared:
+            out = Path(config.out)
+        else:
+            config, out = open_run_dir(config, checkpoint)
+        listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
+        atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
+        run = build_run(config, out, checkpoint=checkpoint)
+        if checkpoint is not None:  # mini-batches that were being computed when it was written
+            run.data.reissue.extend(tuple(item) for item in checkpoint["engine"].get("reissue", []))
+        server = DistServer(run, config.timeout)
+        run.recorder.status = server.serve()
+        return run.recorder.finish(run.server)
+    finally:
+        if out is not None:
+            (out / PROCESSES).unlink(missing_ok=True)
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Wait for the server to finish; raise DistError as soon as any rank fails."""
+    server = processes[0]
+    while True:
+        code = server.poll()
+        if code is not None:
+            if code != 0:
+                error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
+                error.exit_code = 2 if code == 2 else 1
+                raise error
+            deadline = time.monotonic() + timeout
+            for rank, learner in enumerate(processes[1:], 1):
+                try:
+                    code = learner.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise DistError(f"{describe(rank - 1)} did not exit after the run ended") from None
+                if code != 0:
+                    raise DistError(f"{describe(rank - 1)} exited with code {code} after the run ended")
+            return
+        for rank, learner in enumerate(processes[1:], 1):
+            code = learner.poll()
+            if code not in (None, 0):
+                try:  # the server notices a lost learner at once: let it report first
+                    server.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                raise DistError(f"the run failed: {describe(rank - 1)} exited with code {code}")
+        time.sleep(0.05)
+
+
+def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """Make sure every child has exited: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
+    """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
+    if under_torchrun():
+        return run_rank(config, checkpoint, prepared=False)
+    if config.dataset != "synthetic":
+        resolve_data_dir(config.dataset, config.data_dir)  # missing data: exit 2 before anything starts
+    config, out = open_run_dir(config, checkpoint)
+    world = config.learners + 1
+    environment = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(world),
+        WORKER_CONFIG: json.dumps(config.resolved()),
+    }
+    processes: list[subprocess.Popen] = []
+    try:
+        for rank in range(world):
+            threads = 1 if rank == 0 else config.threads_per_learner
+            rank_environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
+            processes.append(subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=rank_environment))
+        supervise(processes, config.timeout)
+    finally:
+        end_all(processes)
+    return json.loads((out / SUMMARY).read_text())
+
+
+def worker_main() -> int:
+    """Entry of a locally launched rank (`python -m softsync.engines.launch`)."""
+    rank = os.environ.get("RANK", "?")
+    try:
+        config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
+        checkpoint = load_checkpoint(config.out) if config.resume and rank == "0" else None
+        run_rank(config, checkpoint, prepared=True)
+        return 0
+    except (ConfigError, DataError, RunDirError) as error:
+        print(f"softsync: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # a lost peer surfaces as gloo's RuntimeError: report it in one line
+        print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
