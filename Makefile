@@ -25,7 +25,7 @@ data:
 	fi
 
 run: setup
-	$(VENV)/bin/softsync train --learners 4 --protocol 2-softsync --lr-policy staleness --model cnn-small \
+	$(VENV)/bin/softsync train --engine dist --learners 4 --protocol 2-softsync --lr-policy staleness --model cnn-small \
 		--batch-size 32 --lr 0.02 --momentum 0.9 --epochs 5 --out $(RUN_OUT)
 	$(VENV)/bin/softsync plot $(RUN_OUT)
 	@echo "run directory: $(RUN_OUT) (metrics.jsonl, summary.json, checkpoint.pt, test-error.png, staleness.png)"

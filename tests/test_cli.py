@@ -42,7 +42,9 @@ def fails_with_one_line(argv, capsys) -> str:
         (["--epochs", "0"], "--epochs 0"),
         (["--lr-steps", "5,x"], "5,x"),
         (["--learner-speeds", "1,2", "--learners", "3"], "--learner-speeds"),
-        (["--engine", "dist"], "dist"),
+        (["--engine", "mpi"], "mpi"),
+        (["--timeout", "0"], "--timeout 0"),
+        (["--threads-per-learner", "0"], "--threads-per-learner 0"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )

@@ -50,9 +50,10 @@ def int_header(buffer: torch.Tensor) -> torch.Tensor:
 
 
 def short(error: BaseException) -> str:
-    """The first line of a gloo error, without its source-file prefix."""
+    """The first line of a gloo error, without its source-file prefix and its advice."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split("] ", 1)[-1] if text.startswith("[") else text
+    text = text.split("] ", 1)[-1] if text.startswith("[") else text
+    return text.split(" This is typically caused by", 1)[0].rstrip(". ")
 
 
 class DistServer:

@@ -32,15 +32,21 @@ def under_torchrun() -> bool:
 
 
 def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> dict | None:
-    """Be one rank of a dist run; rank 0 returns the summary, learners None."""
-    rank, world = init(config)
+    """Be one rank of a dist run; rank 0 returns the summary, learners None.
+
+    A failing rank prints one line and leaves with os._exit: its reader threads are blocked
+    in gloo, and a normal interpreter exit would abort on them.
+    """
+    rank = os.environ.get("RANK", "?")
     out = None
     try:
+        rank, world = init(config)
         # who is where, for processes.json (startup only: pickling is fine here)
         processes: list = [None] * world
         dist.all_gather_object(processes, {"pid": os.getpid(), "host": socket.gethostname()})
         if rank != 0:
             learn(config, rank - 1)
+            dist.destroy_process_group()
             return None
         torch.set_num_threads(1)
         if prepared:
@@ -54,11 +60,24 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             run.data.reissue.extend(tuple(item) for item in checkpoint["engine"].get("reissue", []))
         server = DistServer(run, config.timeout)
         run.recorder.status = server.serve()
-        return run.recorder.finish(run.server)
-    finally:
+        summary = run.recorder.finish(run.server)
+        (out / PROCESSES).unlink(missing_ok=True)
+        dist.destroy_process_group()
+        return summary
+    except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
-        dist.destroy_process_group()
+        if isinstance(error, KeyboardInterrupt):
+            code = 130
+        elif isinstance(error, (ConfigError, DataError, RunDirError)):
+            code = 2
+            print(f"softsync: error: {error}", file=sys.stderr)
+        else:
+            code = 1
+            print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def free_port() -> int:
@@ -140,20 +159,14 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
 
 def worker_main() -> int:
     """Entry of a locally launched rank (`python -m softsync.engines.launch`)."""
-    rank = os.environ.get("RANK", "?")
     try:
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
-        checkpoint = load_checkpoint(config.out) if config.resume and rank == "0" else None
-        run_rank(config, checkpoint, prepared=True)
-        return 0
-    except (ConfigError, DataError, RunDirError) as error:
+        checkpoint = load_checkpoint(config.out) if config.resume and os.environ.get("RANK") == "0" else None
+    except (ConfigError, RunDirError) as error:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # a lost peer surfaces as gloo's RuntimeError: report it in one line
-        print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
-        return 1
+    run_rank(config, checkpoint, prepared=True)
+    return 0
 
 
 if __name__ == "__main__":

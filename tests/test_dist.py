@@ -1,0 +1,135 @@
+"""The dist engine through real processes on 127.0.0.1."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from softsync import train
+from softsync.engines.launch import free_port
+
+from conftest import final_weights
+
+BIN = Path(sys.executable).parent
+SMALL = dict(engine="dist", dataset="synthetic", model="mlp", batch_size=16, quiet=True, timeout=60)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not running: read its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def start(out: Path, *flags: str) -> tuple[subprocess.Popen, list[dict]]:
+    """Start `softsync train --engine dist` and wait for its processes.json."""
+    command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
+               "--batch-size", "16", "--quiet", "--out", str(out), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while not (out / "processes.json").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no processes.json after 60 s"
+        time.sleep(0.05)
+    time.sleep(0.1)
+    return process, json.loads((out / "processes.json").read_text())
+
+
+def assert_all_gone(processes: list[dict], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while any(alive(p["pid"]) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in processes if alive(p["pid"])]
+
+
+@pytest.mark.parametrize("protocol, learners", [("hardsync", 3), ("1-softsync", 4), ("2-softsync", 4), ("async", 2)])
+def test_each_protocol_completes(tmp_path, protocol, learners):
+    summary = train(protocol=protocol, learners=learners, epochs=2, out=str(tmp_path / "run"), **SMALL)
+    assert summary["status"] == "completed"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    per_epoch = (2048 // (16 * learners)) * learners if protocol == "hardsync" else 2048 // 16
+    assert summary["gradients"] == 2 * per_epoch
+    if protocol == "async":
+        assert summary["updates"] == summary["gradients"]
+    if protocol == "hardsync":
+        assert summary["staleness"]["histogram"] == {"0": summary["gradients"]}
+    assert not (tmp_path / "run" / "processes.json").exists()
+
+
+def test_hardsync_under_dist_equals_hardsync_under_sim(tmp_path):
+    options = dict(protocol="hardsync", learners=3, epochs=2, seed=4, momentum=0.9, weight_decay=1e-3, lr=0.05)
+    train(out=str(tmp_path / "dist"), **{**SMALL, **options})
+    train(out=str(tmp_path / "sim"), **{**SMALL, **options, "engine": "sim"})
+    difference = (final_weights(tmp_path / "dist") - final_weights(tmp_path / "sim")).abs().max().item()
+    assert difference < 1e-5, difference
+
+
+def test_no_process_is_left_after_a_run(tmp_path):
+    process, processes = start(tmp_path / "run", "--learners", "3", "--protocol", "async", "--epochs", "3",
+                               "--learner-speeds", "0.5,0.5,0.5")
+    assert sorted(p["rank"] for p in processes) == [0, 1, 2, 3]
+    assert [p["role"] for p in sorted(processes, key=lambda p: p["rank"])] == ["server", "learner", "learner", "learner"]
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "completed" in out
+    assert_all_gone(processes)
+
+
+def test_a_killed_learner_fails_the_run_cleanly(tmp_path):
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--learner-speeds", "0.2,0.2")
+    victim = next(p for p in processes if p["rank"] == 2)
+    os.kill(victim["pid"], signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "learner 1 (rank 2)" in err and "Traceback" not in err
+    assert_all_gone(processes)
+
+
+def test_a_hung_learner_times_out_with_its_rank(tmp_path):
+    # learner 1 sleeps ~5000× its compute time: a hang, as far as a 3 s timeout is concerned
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "5",
+                               "--learner-speeds", "1,0.0002", "--timeout", "3")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "learner 1 (rank 2) sent nothing for 3 s" in err and "Traceback" not in err
+    assert_all_gone(processes)
+
+
+def test_ctrl_c_ends_every_process(tmp_path):
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--learner-speeds", "0.2,0.2")
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert_all_gone(processes)
+
+
+def test_torchrun_with_two_nodes_on_loopback(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'dataset = "synthetic"\nmodel = "mlp"\nlearners = 3\nprotocol = "2-softsync"\nbatch-size = 16\n'
+                      f'epochs = 2\nquiet = true\nout = "{tmp_path / "run"}"\ntimeout = 60\n')
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", port, "-m", "softsync.dist", "--config", str(config)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for node in (0, 1)
+    ]
+    results = [node.communicate(timeout=180) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], results
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["gradients"] == 2 * (2048 // 16)
+    assert "completed: test error" in results[0][0]
