@@ -106,6 +106,10 @@ class Recorder:
         self.progress = tqdm(total=total_gradients, unit="grad", disable=quiet, dynamic_ncols=True, leave=False)
         self._pending_progress = 0
 
+    def start_clock(self) -> None:
+        """Training starts now (the dist server calls this on the first message: process start-up is not training)."""
+        self.started = time.perf_counter()
+
     @property
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.started

@@ -179,6 +179,9 @@ class DistServer:
         readers = [threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(self.config.learners)]
         for reader in readers:
             reader.start()
+        first = self.next_message()
+        self.recorder.start_clock()
+        self.handle(first)
         while self.active:
             self.handle(self.next_message())
         for work in self.sends:
@@ -189,47 +192,47 @@ class DistServer:
         return self.status
 
 
-def learn(config: TrainConfig, learner_id: int) -> None:
+class DistLearner:
     """Ranks 1..λ: pull, compute, push until the server says stop."""
-    torch.set_num_threads(config.threads_per_learner)
-    dataset = load_data(config)
-    model = make_model(config, dataset)
-    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    inbox = torch.empty(HEADER + config.batch_size + size)
-    outbox = torch.zeros(HEADER + size)
-    learner = Learner(model, weights=inbox[HEADER + config.batch_size :], gradients=outbox[HEADER:])
-    header_in, header_out = int_header(inbox), int_header(outbox)
-    samples = inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
-    slowdown = 1.0 / config.learner_speeds[learner_id] - 1.0 if config.learner_speeds else 0.0
 
-    header_out[0], header_out[1] = PULL, learner_id
-    dist.send(outbox, dst=0)
-    while True:
-        dist.recv(inbox, src=0)
-        kind, clock, epoch, index = header_in[:4].tolist()
-        if kind == STOP:
-            return
-        if kind != WEIGHTS:
-            raise DistError(f"the server sent a malformed header (kind {kind})")
-        started = time.perf_counter()
-        batch = samples.long()
-        _, loss = learner.gradient(learner.weights, dataset.train_x[batch], dataset.train_y[batch])
-        if slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
-            time.sleep((time.perf_counter() - started) * slowdown)
-        header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
-        outbox[LOSS_SLOT] = loss
-        dist.send(outbox, dst=0)
+    def __init__(self, config: TrainConfig, learner_id: int) -> None:
+        torch.set_num_threads(config.threads_per_learner)
+        self.config = config
+        self.learner_id = learner_id
+        self.dataset = load_data(config)
+        model = make_model(config, self.dataset)
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.inbox = torch.empty(HEADER + config.batch_size + size)
+        self.outbox = torch.zeros(HEADER + size)
+        self.learner = Learner(model, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:])
+        self.samples = self.inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
+        self.slowdown = 1.0 / config.learner_speeds[learner_id] - 1.0 if config.learner_speeds else 0.0
+
+    def run(self) -> None:
+        header_in, header_out = int_header(self.inbox), int_header(self.outbox)
+        train_x, train_y = self.dataset.train_x, self.dataset.train_y
+        header_out[0], header_out[1] = PULL, self.learner_id
+        dist.send(self.outbox, dst=0)
+        while True:
+            dist.recv(self.inbox, src=0)
+            kind, clock, epoch, index = header_in[:4].tolist()
+            if kind == STOP:
+                return
+            if kind != WEIGHTS:
+                raise DistError(f"the server sent a malformed header (kind {kind})")
+            started = time.perf_counter()
+            batch = self.samples.long()
+            _, loss = self.learner.gradient(self.learner.weights, train_x[batch], train_y[batch])
+            if self.slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
+                time.sleep((time.perf_counter() - started) * self.slowdown)
+            header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
+            self.outbox[LOSS_SLOT] = loss
+            dist.send(self.outbox, dst=0)
 
 
-def init(config: TrainConfig) -> tuple[int, int]:
-    """Join the process group of RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; returns (rank, world size)."""
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if world != config.learners + 1:
-        from ..config import ConfigError
-
-        raise ConfigError(f"world size {world} needs --learners {world - 1} (one server rank and one rank per learner)")
+def init(config: TrainConfig, rank: int, world: int) -> None:
+    """Join the process group at MASTER_ADDR:MASTER_PORT."""
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout))
     except Exception as error:
         raise DistError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
-    return rank, world

@@ -21,7 +21,7 @@ from ..build import build_run
 from ..config import ConfigError, TrainConfig, make_config
 from ..datasets import DataError, resolve_data_dir
 from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
-from .dist import DistError, DistServer, describe, init, learn, short
+from .dist import DistError, DistLearner, DistServer, describe, init, short
 
 PROCESSES = "processes.json"
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
@@ -40,26 +40,32 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     rank = os.environ.get("RANK", "?")
     out = None
     try:
-        rank, world = init(config)
-        # who is where, for processes.json (startup only: pickling is fine here)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if world != config.learners + 1:
+            raise ConfigError(f"world size {world} needs --learners {world - 1} (one server rank and one rank per learner)")
+        # every rank loads its data and model before the rendezvous, all at once
+        if rank == 0:
+            torch.set_num_threads(1)
+            if prepared:
+                out = Path(config.out)
+            else:
+                config, out = open_run_dir(config, checkpoint)
+            run = build_run(config, out, checkpoint=checkpoint)
+            if checkpoint is not None:  # mini-batches that were being computed when it was written
+                run.data.reissue.extend(tuple(item) for item in checkpoint["engine"].get("reissue", []))
+        else:
+            learner = DistLearner(config, rank - 1)
+        init(config, rank, world)
+        # who is where, for processes.json (start-up only: pickling is fine here)
         processes: list = [None] * world
         dist.all_gather_object(processes, {"pid": os.getpid(), "host": socket.gethostname()})
         if rank != 0:
-            learn(config, rank - 1)
+            learner.run()
             dist.destroy_process_group()
             return None
-        torch.set_num_threads(1)
-        if prepared:
-            out = Path(config.out)
-        else:
-            config, out = open_run_dir(config, checkpoint)
         listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
         atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
-        run = build_run(config, out, checkpoint=checkpoint)
-        if checkpoint is not None:  # mini-batches that were being computed when it was written
-            run.data.reissue.extend(tuple(item) for item in checkpoint["engine"].get("reissue", []))
-        server = DistServer(run, config.timeout)
-        run.recorder.status = server.serve()
+        run.recorder.status = DistServer(run, config.timeout).serve()
         summary = run.recorder.finish(run.server)
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()
