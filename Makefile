@@ -33,8 +33,13 @@ run: setup
 test: setup
 	$(PYTHON) -m pytest tests
 
+# each benchmark prints ratios measured side by side in one run; figures in docs/benchmarks.md
 bench: setup
 	$(PYTHON) bench/sim_overhead.py
+	$(PYTHON) bench/dist_overhead.py
+	$(PYTHON) bench/scaling.py
+	$(PYTHON) bench/transport.py --model paper-cifar10
+	$(PYTHON) bench/vs_ddp.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -101,11 +101,13 @@ def test_each_epoch_hands_out_every_sample_exactly_once():
     assert seen[0] != seen[1]  # a new permutation each epoch
 
 
-def test_epoch_completion_counts_arrived_gradients():
-    data = DataServer(num_samples=40, batch_size=10, seed=0, epochs=2)
-    batches = [data.take() for _ in range(5)]
-    assert [data.complete(b) for b in batches[:4]] == [False, False, False, True]
-    assert data.complete(batches[4]) is False
+def test_epochs_end_in_order_when_their_gradients_have_arrived():
+    data = DataServer(num_samples=40, batch_size=10, seed=0, epochs=3)
+    batches = [data.take() for _ in range(8)]
+    assert [data.complete(b) for b in batches[:3]] == [[], [], []]
+    # a straggler holds the last mini-batch of epoch 0 while epoch 1 finishes
+    assert [data.complete(b) for b in batches[4:8]] == [[], [], [], []]
+    assert data.complete(batches[3]) == [0, 1]
 
 
 def test_async_counts_and_the_learning_rate_schedule(tmp_path, synthetic):
@@ -199,3 +201,26 @@ def test_a_rejected_gradient_is_redone_and_its_batch_used_once(tmp_path, synthet
         assert summary["rejected_gradients"] > 0
         per_epoch = 2048 // 16 if protocol != "hardsync" else (2048 // 64) * 4
         assert summary["gradients"] == 2 * per_epoch  # every mini-batch applied exactly once
+
+
+def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_path, synthetic, monkeypatch):
+    from softsync.engines.sim import SimEngine
+
+    taken = []
+    original = SimEngine.pull
+
+    def record(self, learner):
+        original(self, learner)
+        if learner in self.in_flight:
+            work = self.in_flight[learner]
+            taken.append((self.server.clock, learner, work.batch.epoch, work.batch.index))
+
+    monkeypatch.setattr(SimEngine, "pull", record)
+    # speeds and jitter scramble the push order; the assignment must not depend on it
+    run(tmp_path, "order", synthetic, protocol="hardsync", learners=4, batch_size=16, model="logreg", epochs=2,
+        step_jitter=0.5, learner_speeds="1,0.3,2,0.7")
+    rounds_per_epoch = 2048 // (16 * 4)
+    assert len(taken) == 2 * rounds_per_epoch * 4
+    for clock, learner, epoch, index in taken:
+        round_in_epoch = clock - epoch * rounds_per_epoch
+        assert index == round_in_epoch * 4 + learner

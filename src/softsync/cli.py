@@ -94,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2
     except DistError as error:
-        print(f"softsync: error: {error}", file=sys.stderr)
+        if not error.reported:
+            print(f"softsync: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
         print("softsync: interrupted", file=sys.stderr)
-        return 130
+        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
 
 
 if __name__ == "__main__":

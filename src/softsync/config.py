@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .protocol import Protocol, ProtocolError, parse_protocol
 from .staleness import POLICIES
 
 ENGINES = ("sim", "dist")
+PATHS = ("data_dir", "out", "resume")
 
 
 class ConfigError(ValueError):
@@ -124,6 +126,8 @@ def coerce(name: str, value):
             raise ConfigError(f"{flag} = {value!r}: expected a number") from None
     if not isinstance(value, str):
         raise ConfigError(f"{flag} = {value!r}: expected a string")
+    if name in PATHS:
+        return os.path.expanduser(value)
     return value
 
 
@@ -153,6 +157,7 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
+    require(0 <= config.seed < 2**31, f"--seed {config.seed}: must be in [0, 2^31)")
     require(config.engine in ENGINES, f"--engine {config.engine!r} is unknown: use sim or dist")
     require(config.learners >= 1, f"--learners {config.learners}: need at least 1 learner")
     require(config.batch_size >= 1, f"--batch-size {config.batch_size}: need at least 1 sample per mini-batch")
@@ -175,7 +180,7 @@ def validate(config: TrainConfig) -> None:
     require(0 <= config.step_jitter < 1, f"--step-jitter {config.step_jitter}: must be in [0, 1)")
     require(config.bandwidth > 0, f"--bandwidth {config.bandwidth}: must be a positive number of bytes per second")
     require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
-    require(math.isfinite(config.timeout) and config.timeout > 0, f"--timeout {config.timeout}: must be a positive number of seconds")
+    require(0 < config.timeout <= 86400, f"--timeout {config.timeout}: must be a positive number of seconds, at most a day")
     require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     if config.learner_speeds:

@@ -45,6 +45,7 @@ class DataServer:
         self.epoch = 0  # epoch being handed out
         self.position = 0  # next index within it
         self.completed: dict[int, int] = {}  # epoch -> mini-batches whose gradient arrived
+        self.ended = 0  # epochs ended, in order
         self.reissue: deque[tuple[int, int]] = deque()
         self._permutations: dict[int, torch.Tensor] = {}
 
@@ -71,20 +72,27 @@ class DataServer:
         """A mini-batch whose gradient was lost: hand it out again first."""
         self.reissue.append((batch.epoch, batch.index))
 
-    def complete(self, batch: Batch) -> bool:
-        """Record that ``batch``'s gradient arrived; True when that finishes its epoch."""
-        done = self.completed.get(batch.epoch, 0) + 1
-        self.completed[batch.epoch] = done
-        if done == self.batches_per_epoch:
-            self._permutations.pop(batch.epoch, None)
-            return True
-        return False
+    def complete(self, batch: Batch) -> list[int]:
+        """Record that ``batch``'s gradient arrived; returns the epochs that this ends, in order.
+
+        An epoch ends once all its gradients have arrived and every earlier epoch has ended
+        (a straggler may still hold a mini-batch of epoch e while epoch e+1 is done).
+        """
+        self.completed[batch.epoch] = self.completed.get(batch.epoch, 0) + 1
+        ended = []
+        while self.completed.get(self.ended, 0) == self.batches_per_epoch:
+            self._permutations.pop(self.ended, None)
+            del self.completed[self.ended]
+            ended.append(self.ended)
+            self.ended += 1
+        return ended
 
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
             "position": self.position,
             "completed": dict(self.completed),
+            "ended": self.ended,
             "reissue": list(self.reissue),
         }
 
@@ -92,5 +100,6 @@ class DataServer:
         self.epoch = state["epoch"]
         self.position = state["position"]
         self.completed = dict(state["completed"])
+        self.ended = state["ended"]
         self.reissue = deque(tuple(item) for item in state["reissue"])
         self._permutations.clear()

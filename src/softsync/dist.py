@@ -11,4 +11,4 @@ import sys
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", "--engine", "dist", *sys.argv[1:]]))
+    sys.exit(main(["train", *sys.argv[1:], "--engine", "dist"]))  # last, so that it wins

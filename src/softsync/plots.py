@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .runlog import METRICS, SUMMARY, RunDirError  # noqa: E402
+from .runlog import METRICS, SUMMARY, RunDirError, read_metrics  # noqa: E402
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict], dict]:
@@ -18,8 +18,11 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], dict]:
     metrics_path, summary_path = run / METRICS, run / SUMMARY
     if not metrics_path.exists():
         raise RunDirError(f"{str(run)!r} is not a run directory: it has no {METRICS}")
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    records = read_metrics(metrics_path)
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    except json.JSONDecodeError:
+        summary = {}
     return records, summary
 
 
@@ -77,9 +80,9 @@ def plot_runs(run_dirs: list[str], out: str | None = None) -> list[Path]:
     target = Path(out or run_dirs[0])
     try:
         target.mkdir(parents=True, exist_ok=True)
+        written = [plot_test_error(runs, target / "test-error.png")]
+        if histograms:
+            written.append(plot_staleness(histograms, target / "staleness.png"))
     except OSError as error:
         raise RunDirError(f"cannot write plots to {str(target)!r}: {error.strerror or error}") from None
-    written = [plot_test_error(runs, target / "test-error.png")]
-    if histograms:
-        written.append(plot_staleness(histograms, target / "staleness.png"))
     return written

@@ -25,19 +25,38 @@ class RunDirError(ValueError):
     """The run directory cannot be used; the message is one line."""
 
 
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create a fresh run directory; refuse one that already holds a run or cannot be written."""
+CONFIG = "config.json"
+
+
+def prepare_run_dir(path: str | Path, config) -> Path:
+    """Create a fresh run directory holding config.json; refuse one that holds a run or cannot be written.
+
+    config.json is created exclusively, so two runs started on the same directory cannot both
+    write into it.
+    """
     out = Path(path)
-    if any((out / name).exists() for name in (METRICS, SUMMARY, CHECKPOINT)):
+    if any((out / name).exists() for name in (METRICS, SUMMARY, CHECKPOINT, CONFIG)):
         raise RunDirError(f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".softsync-write-test"
-        probe.write_text("")
-        probe.unlink()
+        with open(out / CONFIG, "x") as handle:
+            handle.write(json.dumps(dataclasses.replace(config, out=str(out)).resolved(), indent=2))
+    except FileExistsError:
+        raise RunDirError(f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume") from None
     except OSError as error:
         raise RunDirError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
     return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut short by a crash is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def open_run_dir(config, checkpoint: dict | None):
@@ -46,7 +65,7 @@ def open_run_dir(config, checkpoint: dict | None):
         out = Path(config.out)
         keep_metrics_up_to(out, checkpoint["epoch"])
     else:
-        out = prepare_run_dir(config.out or config.default_out())
+        out = prepare_run_dir(config.out or config.default_out(), config)
     return dataclasses.replace(config, out=str(out)), out
 
 
@@ -69,7 +88,7 @@ def keep_metrics_up_to(run_dir: Path, epoch: int) -> None:
     """Drop metrics written after the checkpoint's epoch: the resumed run writes them again."""
     path = run_dir / METRICS
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+        lines = [json.dumps(record) for record in read_metrics(path) if record.get("epoch", 0) <= epoch]
         atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
 
 

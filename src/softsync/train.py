@@ -6,7 +6,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .build import build_run
+from .build import batches_per_epoch, build_run, load_data
 from .config import ConfigError, TrainConfig, make_config, validate
 from .datasets import Dataset
 from .engines.sim import SimEngine, StepTimeModel
@@ -57,8 +57,10 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         return run_dist(config, checkpoint)
 
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    dataset = data if data is not None else load_data(config)
+    batches_per_epoch(config, len(dataset.train_y))  # refuse a bad batch size before the run directory exists
     config, out = open_run_dir(config, checkpoint)
-    run = build_run(config, out, module, data, checkpoint)
+    run = build_run(config, out, module, dataset, checkpoint)
     times = StepTimeModel(
         step_time=config.step_time,
         jitter=config.step_jitter,

@@ -39,6 +39,11 @@ class DistError(RuntimeError):
     """A failure of the distributed run (a lost, hung or misbehaving peer); one line."""
 
     exit_code = 1
+    reported = False  # True when a rank has already printed the cause
+
+
+class ServerLost(DistError):
+    """A learner lost its connection to the server: a consequence, which the server or the launcher reports."""
 
 
 def describe(learner: int) -> str:
@@ -101,7 +106,7 @@ class DistServer:
             except Exception as error:  # gloo raises RuntimeError for closed or timed-out pairs
                 with self.lock:
                     if learner in self.active:  # else: a stopped learner closing its connection
-                        self.fail(f"{describe(learner)} was lost: {short(error)}")
+                        self.fail(self.diagnose(learner, short(error)))
                 return
             with self.lock:
                 if self.failure is not None:
@@ -113,6 +118,14 @@ class DistServer:
                     return
                 if learner not in self.active:
                     return
+
+    def diagnose(self, learner: int, error: str) -> str:
+        """Name the learner at fault when ``learner``'s receive failed."""
+        if "Timed out" not in error:
+            return f"{describe(learner)} was lost: {error}"
+        if learner in self.gate.waiting and self.deadline:  # it was rightly silent: blame the one it waits for
+            learner = min(self.deadline, key=self.deadline.get)
+        return f"{describe(learner)} sent nothing for {self.timeout:g} s: it is hung or lost"
 
     def fail(self, message: str) -> None:
         """Record the run's failure (the first one wins) and wake the main thread; call under the lock."""
@@ -185,9 +198,14 @@ class DistServer:
         if not result.accepted:
             self.data.give_back(batch)
         # the epoch ends before anyone is answered: evaluation pauses training, so it is not timed
-        if result.accepted and self.data.complete(batch):
+        for epoch in self.data.complete(batch) if result.accepted else []:
+            paused = time.monotonic()
             engine_state = {"reissue": [(b.epoch, b.index) for b in self.in_flight.values()]}
-            if end_epoch(self.server, self.data, self.recorder, batch.epoch, engine_state):
+            diverged = end_epoch(self.server, self.data, self.recorder, epoch, engine_state)
+            pause = time.monotonic() - paused
+            for other in self.deadline:  # evaluation paused the server, not the learners' duty to answer
+                self.deadline[other] += pause
+            if diverged:
                 self.stop_all("diverged")
                 self.answer(learner)
                 return
@@ -233,15 +251,17 @@ class DistLearner:
         self.outbox = torch.zeros(HEADER + size)
         self.learner = Learner(model, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:])
         self.samples = self.inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
-        self.slowdown = 1.0 / config.learner_speeds[learner_id] - 1.0 if config.learner_speeds else 0.0
+        # speeds are relative: the fastest learner runs flat out, a learner at half its speed sleeps
+        speeds = config.learner_speeds or (1.0,)
+        self.slowdown = max(speeds) / speeds[learner_id % len(speeds)] - 1.0
 
     def run(self) -> None:
         header_in, header_out, loss_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
         train_x, train_y = self.dataset.train_x, self.dataset.train_y
         header_out[0], header_out[1] = PULL, self.learner_id
-        dist.send(self.outbox, dst=0)
+        self.exchange(send=True)
         while True:
-            dist.recv(self.inbox, src=0)
+            self.exchange(send=False)
             kind, clock, epoch, index = header_in[:4].tolist()
             if kind == STOP:
                 return
@@ -254,7 +274,17 @@ class DistLearner:
                 time.sleep((time.perf_counter() - started) * self.slowdown)
             header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
             loss_out[LOSS_SLOT] = loss
-            dist.send(self.outbox, dst=0)
+            self.exchange(send=True)
+
+    def exchange(self, send: bool) -> None:
+        """Send the outbox to, or receive the inbox from, the server."""
+        try:
+            if send:
+                dist.send(self.outbox, dst=0)
+            else:
+                dist.recv(self.inbox, src=0)
+        except RuntimeError as error:
+            raise ServerLost(f"learner {self.learner_id} lost the server: {short(error)}") from None
 
 
 def init(config: TrainConfig, rank: int, world: int) -> None:

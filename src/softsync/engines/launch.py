@@ -6,25 +6,30 @@ them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one ra
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..build import build_run
+from ..build import batches_per_epoch, build_run, load_data
 from ..config import ConfigError, TrainConfig, make_config
-from ..datasets import DataError, resolve_data_dir
+from ..datasets import DataError
 from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
-from .dist import DistError, DistLearner, DistServer, describe, init, short
+from .dist import DistError, DistLearner, DistServer, ServerLost, describe, init, short
 
 PROCESSES = "processes.json"
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
+SUPERVISED = "SOFTSYNC_SUPERVISED"  # set for locally launched ranks: the supervisor reports consequences
 
 
 def under_torchrun() -> bool:
@@ -73,14 +78,15 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
             code = 130
         elif isinstance(error, (ConfigError, DataError, RunDirError)):
             code = 2
             print(f"softsync: error: {error}", file=sys.stderr)
         else:
             code = 1
-            print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
+            if not (isinstance(error, ServerLost) and os.environ.get(SUPERVISED)):
+                print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -93,15 +99,24 @@ def free_port() -> int:
 
 
 def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Wait for the server to finish; raise DistError as soon as any rank fails."""
+    """Wait for the server to finish; raise DistError as soon as any rank fails.
+
+    Rank 0 prints the cause of a failure it sees (exit codes 1 and 2); only what nobody has
+    reported (a rank killed by a signal) is reported here.
+    """
     server = processes[0]
+
+    def server_failed(code: int, cause: str) -> DistError:
+        error = DistError(cause)
+        error.exit_code = 2 if code == 2 else 1
+        error.reported = code in (1, 2)
+        return error
+
     while True:
         code = server.poll()
         if code is not None:
             if code != 0:
-                error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
-                error.exit_code = 2 if code == 2 else 1
-                raise error
+                raise server_failed(code, f"the run failed: the server (rank 0) exited with code {code}")
             deadline = time.monotonic() + timeout
             for rank, learner in enumerate(processes[1:], 1):
                 try:
@@ -114,11 +129,12 @@ def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
         for rank, learner in enumerate(processes[1:], 1):
             code = learner.poll()
             if code not in (None, 0):
-                try:  # the server notices a lost learner at once: let it report first
-                    server.wait(timeout=5)
+                try:  # the server notices a lost learner at once and reports it
+                    server_code = server.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    pass
-                raise DistError(f"the run failed: {describe(rank - 1)} exited with code {code}")
+                    server_code = None
+                cause = f"the run failed: {describe(rank - 1)} exited with code {code}"
+                raise server_failed(server_code, cause) if server_code in (1, 2) else DistError(cause)
         time.sleep(0.05)
 
 
@@ -127,6 +143,7 @@ def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
     for process in processes:
         if process.poll() is None:
             process.terminate()
+            process.send_signal(signal.SIGCONT)  # a stopped process only acts on SIGTERM once continued
     deadline = time.monotonic() + grace
     for process in processes:
         try:
@@ -140,8 +157,8 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    if config.dataset != "synthetic":
-        resolve_data_dir(config.dataset, config.data_dir)  # missing data: exit 2 before anything starts
+    # bad data or batch size: exit 2 before any process starts or the run directory exists
+    batches_per_epoch(config, len(load_data(config).train_y))
     config, out = open_run_dir(config, checkpoint)
     world = config.learners + 1
     environment = {
@@ -152,19 +169,46 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         WORKER_CONFIG: json.dumps(config.resolved()),
     }
     processes: list[subprocess.Popen] = []
+    restore = exit_on_termination()
     try:
         for rank in range(world):
             threads = 1 if rank == 0 else config.threads_per_learner
-            rank_environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
+            rank_environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads), SUPERVISED: "1"}
             processes.append(subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=rank_environment))
         supervise(processes, config.timeout)
     finally:
         end_all(processes)
+        restore()
+        (out / PROCESSES).unlink(missing_ok=True)  # a rank stopped by a signal could not remove it
     return json.loads((out / SUMMARY).read_text())
+
+
+def exit_on_termination():
+    """SIGTERM and SIGHUP end the supervisor through its clean-up path; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
+
+
+def die_with_parent() -> None:
+    """A locally launched rank must not outlive its supervisor (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor was already gone before prctl
+        os._exit(1)
 
 
 def worker_main() -> int:
     """Entry of a locally launched rank (`python -m softsync.engines.launch`)."""
+    die_with_parent()
     try:
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
         checkpoint = load_checkpoint(config.out) if config.resume and os.environ.get("RANK") == "0" else None

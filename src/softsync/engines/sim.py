@@ -126,9 +126,10 @@ class SimEngine:
         for answered in self.gate.request(learner, hold=result.accepted):
             self.schedule(self.now, PULL, answered)
         # last, so that the epoch's checkpoint holds this learner's next pull
-        if result.accepted and self.data.complete(work.batch):
-            if end_epoch(self.server, self.data, self.recorder, work.batch.epoch, self.state_dict(), self.now):
+        for epoch in self.data.complete(work.batch) if result.accepted else []:
+            if end_epoch(self.server, self.data, self.recorder, epoch, self.state_dict(), self.now):
                 self.diverged = self.finished = True
+                return
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
