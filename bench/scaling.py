@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,14 +35,20 @@ def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, proto
 
 
 def two_plain_loops(model: str, batch_size: int, steps: int) -> float:
-    """The machine's own ceiling: two independent plain loops at once, one process each (samples/s summed)."""
+    """The machine's own ceiling: two independent plain loops at once, one process each.
+
+    Both start at the same moment (after loading) and the rate is the samples of both over the
+    time until the later one ends, so neither is timed while running alone.
+    """
+    start_at = time.time() + 15  # both have loaded and warmed up by then
     code = ("import sys, time, torch; sys.path.insert(0, %r); from common import plain_loop; "
             "from softsync.datasets import load_dataset; torch.set_num_threads(1); d = load_dataset('fashion-mnist'); "
-            "plain_loop(%r, d, 20, %d); print(%d * %d / plain_loop(%r, d, %d, %d))"
-            % (str(Path(__file__).parent), model, batch_size, steps, batch_size, model, steps, batch_size))
+            "plain_loop(%r, d, 20, %d); time.sleep(max(0, %r - time.time())); plain_loop(%r, d, %d, %d); print(time.time())"
+            % (str(Path(__file__).parent), model, batch_size, start_at, model, steps, batch_size))
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=environment) for _ in range(2)]
-    return sum(float(child.communicate(timeout=3600)[0].split()[-1]) for child in children)
+    ends = [float(child.communicate(timeout=3600)[0].split()[-1]) for child in children]
+    return 2 * steps * batch_size / (max(ends) - start_at)
 
 
 def main() -> None:

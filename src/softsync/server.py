@@ -116,6 +116,16 @@ class ParameterServer:
             self.apply_update()
         return PushResult(True, updated, tau)
 
+    def remove_learner(self, learner: int) -> bool:
+        """A learner is gone: c is recomputed from the live learners and hardsync stops waiting
+        for it. Its gradient already in the buffer stays. True if the buffer is now full and
+        an update was applied."""
+        self.live_learners.discard(learner)
+        if self._buffered and self._buffered >= self.protocol.gradients_per_update(len(self.live_learners)):
+            self.apply_update()
+            return True
+        return False
+
     # -- updates ---------------------------------------------------------------------------
     @property
     def buffered(self) -> int:

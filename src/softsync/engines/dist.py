@@ -16,6 +16,9 @@ hardsync. The semantics live in the ParameterServer, Learner and DataServer the 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -69,7 +72,7 @@ def short(error: BaseException) -> str:
 class DistServer:
     """Rank 0: answers pulls and applies pushes for λ learner ranks."""
 
-    def __init__(self, run: Run, timeout: float) -> None:
+    def __init__(self, run: Run, timeout: float, processes: list[dict] | None = None) -> None:
         self.run = run
         self.config = run.config
         self.server, self.data, self.recorder = run.server, run.data, run.recorder
@@ -86,7 +89,10 @@ class DistServer:
         self.failure: str | None = None
         self.started = False
         self.gate = PullGate(self.server.protocol, learners)
-        self.active = set(range(learners))  # learners not yet told to stop
+        self.active = set(range(learners))  # learners not yet told to stop, nor lost
+        self.parked: set[int] = set()  # learners with nothing to do until a lost mini-batch comes back
+        self.lost: set[int] = set()
+        self.processes = processes or []  # processes.json's entries, to end a hung learner on this host
         self.in_flight: dict[int, object] = {}  # learner -> Batch it is computing
         self.deadline: dict[int, float] = {}  # learner -> when its push is overdue
         self.stopping = False
@@ -106,11 +112,11 @@ class DistServer:
             except Exception as error:  # gloo raises RuntimeError for closed or timed-out pairs
                 with self.lock:
                     if learner in self.active:  # else: a stopped learner closing its connection
-                        self.fail(self.diagnose(learner, short(error)))
+                        self.lose(learner, self.diagnose(learner, short(error)))
                 return
             with self.lock:
-                if self.failure is not None:
-                    return
+                if self.failure is not None or learner not in self.active:
+                    return  # a lost learner that woke up: its mini-batch went to another
                 try:
                     self.handle(learner)
                 except Exception as error:
@@ -126,6 +132,45 @@ class DistServer:
         if learner in self.gate.waiting and self.deadline:  # it was rightly silent: blame the one it waits for
             learner = min(self.deadline, key=self.deadline.get)
         return f"{describe(learner)} sent nothing for {self.timeout:g} s: it is hung or lost"
+
+    def lose(self, learner: int, reason: str) -> None:
+        """Go on without a lost learner: its mini-batch goes to another, no update waits for it."""
+        self.active.discard(learner)
+        self.parked.discard(learner)
+        self.deadline.pop(learner, None)
+        self.lost.add(learner)
+        batch = self.in_flight.pop(learner, None)
+        if batch is not None:
+            self.data.give_back(batch)
+        if not self.active:
+            self.fail(f"every learner was lost (the last: {reason}); the run directory keeps the last epoch's checkpoint")
+            return
+        print(f"softsync: warning: {reason}; going on with {len(self.active)} learner(s)", file=sys.stderr, flush=True)
+        self.server.remove_learner(learner)  # applies the round's update if only the lost one was missing
+        for answered in self.gate.remove(learner):
+            self.answer(answered)
+        self.settle()
+
+    def end_hung(self, learner: int) -> None:
+        """Kill a hung learner that runs on this host: its pending receive would otherwise time out
+        inside gloo, and a gloo timeout closes the connections to every peer."""
+        for process in self.processes:
+            if process["rank"] == learner + 1 and process["host"] == socket.gethostname():
+                try:
+                    os.kill(process["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def settle(self) -> None:
+        """Give parked learners the mini-batches that came back; stop them once none can come back."""
+        while self.parked and self.data.reissue:
+            learner = min(self.parked)
+            self.parked.discard(learner)
+            self.answer(learner)
+        if self.parked and not self.in_flight:
+            for learner in sorted(self.parked):
+                self.stop(learner)
+            self.parked.clear()
 
     def fail(self, message: str) -> None:
         """Record the run's failure (the first one wins) and wake the main thread; call under the lock."""
@@ -153,22 +198,34 @@ class DistServer:
         """Send ``learner`` the current weights and its next mini-batch, or tell it to stop."""
         batch = None if self.stopping else self.data.take()
         if batch is None:
-            self.send(learner, STOP)
-            self.active.discard(learner)
-            self.deadline.pop(learner, None)
-            if not self.active:
-                self.changed.notify_all()  # the main thread only needs waking for the end (or a failure)
+            if self.in_flight and not self.stopping:  # one may come back, if its learner is lost
+                self.parked.add(learner)
+            else:
+                self.stop(learner)
             return
         self.in_flight[learner] = batch
         self.deadline[learner] = time.monotonic() + self.timeout
         self.send(learner, WEIGHTS, self.server.clock, batch)
 
+    def stop(self, learner: int) -> None:
+        """Tell a learner that the run is over for it: from now on no update waits for it."""
+        self.send(learner, STOP)
+        self.active.discard(learner)
+        self.deadline.pop(learner, None)
+        if not self.active:
+            self.changed.notify_all()  # the main thread only needs waking for the end (or a failure)
+            return
+        self.server.remove_learner(learner)
+        for answered in self.gate.remove(learner):
+            self.answer(answered)
+
     def stop_all(self, status: str) -> None:
         self.status = status
         self.stopping = True
-        for learner in sorted(self.gate.waiting):
+        for learner in sorted(self.gate.waiting | self.parked):
             self.answer(learner)
         self.gate.waiting.clear()
+        self.parked.clear()
 
     def handle(self, learner: int) -> None:
         if not self.started:  # training starts with the first message: start-up is not timed
@@ -211,6 +268,7 @@ class DistServer:
                 return
         for answered in self.gate.request(learner, hold=result.accepted):
             self.answer(answered)
+        self.settle()
 
     def serve(self) -> str:
         """Run until every learner has been told to stop; returns the run's status."""
@@ -222,18 +280,22 @@ class DistServer:
             while self.active and self.failure is None:
                 now = time.monotonic()
                 due = min(self.deadline.values(), default=first_deadline if not self.started else now + self.timeout)
-                if now >= due:
-                    late = [l for l, t in self.deadline.items() if t <= now] or sorted(self.active - self.gate.waiting)
-                    self.fail(f"{describe(late[0])} sent nothing for {self.timeout:g} s: it is hung or lost")
+                if now >= due and not self.started:
+                    self.fail(f"no learner sent its first pull within {self.timeout:g} s")
                     break
-                self.changed.wait(timeout=due - now)
+                for late in [l for l, t in self.deadline.items() if t <= now]:
+                    self.lose(late, f"{describe(late)} sent nothing for {self.timeout:g} s: it is hung or lost")
+                    self.end_hung(late)
+                if self.active and self.failure is None:
+                    due = min(self.deadline.values(), default=now + self.timeout)
+                    self.changed.wait(timeout=max(0.0, due - time.monotonic()))
             if self.failure is not None:
                 raise DistError(self.failure)
-        for work in self.sends:
-            if work is not None:
+        for learner, work in enumerate(self.sends):
+            if work is not None and learner not in self.lost:  # a lost learner may never take its last message
                 work.wait()
-        for reader in readers:  # they end once their learner is stopped
-            reader.join(timeout=self.timeout)
+        for reader in readers:  # they end once their learner is stopped (a hung one's ends at its timeout)
+            reader.join(timeout=1.0)
         return self.status
 
 
@@ -290,6 +352,8 @@ class DistLearner:
 def init(config: TrainConfig, rank: int, world: int) -> None:
     """Join the process group at MASTER_ADDR:MASTER_PORT."""
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout))
+        # gloo's own timeout is twice ours: the server's deadline names (and on its host ends) a hung
+        # learner first, because a timed-out gloo receive closes the connections to every peer
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=2 * config.timeout))
     except Exception as error:
         raise DistError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None

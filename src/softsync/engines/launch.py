@@ -25,7 +25,7 @@ from ..build import batches_per_epoch, build_run, load_data
 from ..config import ConfigError, TrainConfig, make_config
 from ..datasets import DataError
 from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
-from .dist import DistError, DistLearner, DistServer, ServerLost, describe, init, short
+from .dist import DistError, DistLearner, DistServer, ServerLost, init, short
 
 PROCESSES = "processes.json"
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
@@ -70,8 +70,9 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             return None
         listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
         atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
-        run.recorder.status = DistServer(run, config.timeout).serve()
-        summary = run.recorder.finish(run.server)
+        server = DistServer(run, config.timeout, listing)
+        run.recorder.status = server.serve()
+        summary = run.recorder.finish(run.server, learner_failures=len(server.lost))
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()
         return summary
@@ -99,43 +100,25 @@ def free_port() -> int:
 
 
 def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Wait for the server to finish; raise DistError as soon as any rank fails.
+    """Wait for the server to finish; raise DistError if it fails.
 
-    Rank 0 prints the cause of a failure it sees (exit codes 1 and 2); only what nobody has
-    reported (a rank killed by a signal) is reported here.
+    Learners may die: the server notices, goes on without them and counts them in
+    learner_failures. Rank 0 prints the cause of a failure (exit codes 1 and 2); only a server
+    killed by a signal is reported here.
     """
     server = processes[0]
-
-    def server_failed(code: int, cause: str) -> DistError:
-        error = DistError(cause)
+    code = server.wait()
+    if code != 0:
+        error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
         error.reported = code in (1, 2)
-        return error
-
-    while True:
-        code = server.poll()
-        if code is not None:
-            if code != 0:
-                raise server_failed(code, f"the run failed: the server (rank 0) exited with code {code}")
-            deadline = time.monotonic() + timeout
-            for rank, learner in enumerate(processes[1:], 1):
-                try:
-                    code = learner.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    raise DistError(f"{describe(rank - 1)} did not exit after the run ended") from None
-                if code != 0:
-                    raise DistError(f"{describe(rank - 1)} exited with code {code} after the run ended")
+        raise error
+    deadline = time.monotonic() + timeout
+    for learner in processes[1:]:  # stopped learners exit at once; end_all ends any other
+        try:
+            learner.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             return
-        for rank, learner in enumerate(processes[1:], 1):
-            code = learner.poll()
-            if code not in (None, 0):
-                try:  # the server notices a lost learner at once and reports it
-                    server_code = server.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    server_code = None
-                cause = f"the run failed: {describe(rank - 1)} exited with code {code}"
-                raise server_failed(server_code, cause) if server_code in (1, 2) else DistError(cause)
-        time.sleep(0.05)
 
 
 def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
