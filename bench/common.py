@@ -1,11 +1,13 @@
 """Shared pieces of the benchmarks: a plain torch training loop, the baseline every ratio uses."""
 from __future__ import annotations
 
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
+from softsync import train
 from softsync.models import build_model
 
 
@@ -23,3 +25,11 @@ def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int 
         F.cross_entropy(model(dataset.train_x[samples]), dataset.train_y[samples]).backward()
         optimizer.step()
     return time.perf_counter() - start
+
+
+def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, protocol: str = "async") -> float:
+    """samples/s of a dist run on Fashion-MNIST (start-up and epoch-end evaluation left out)."""
+    with tempfile.TemporaryDirectory() as out:
+        summary = train(engine="dist", protocol=protocol, learners=learners, batch_size=batch_size, model=model,
+                        epochs=epochs, lr=0.01, momentum=0.9, eval_samples=100, quiet=True, out=f"{out}/run")
+    return summary["samples_per_s"]

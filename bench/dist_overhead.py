@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 
 import torch
 
-from common import plain_loop
-from softsync import train
+from common import plain_loop, softsync_rate
 from softsync.datasets import load_dataset
 
 
@@ -34,12 +32,10 @@ def main() -> None:
         plain_loop(model_name, dataset, 20, args.batch_size)  # warm-up
         ratios = []
         for repeat in range(args.repeats):
-            with tempfile.TemporaryDirectory() as out:
-                summary = train(engine="dist", protocol="async", learners=1, batch_size=args.batch_size, model=model_name,
-                                epochs=args.epochs, lr=0.01, momentum=0.9, eval_samples=100, quiet=True, out=f"{out}/run")
+            rate = softsync_rate(model_name, 1, args.batch_size, args.epochs)
             plain = steps * args.batch_size / plain_loop(model_name, dataset, steps, args.batch_size, seed=repeat)
-            ratios.append(summary["samples_per_s"] / plain)
-            print(f"  {model_name:14s} repeat {repeat}: softsync {summary['samples_per_s']:8.0f} samples/s, "
+            ratios.append(rate / plain)
+            print(f"  {model_name:14s} repeat {repeat}: softsync {rate:8.0f} samples/s, "
                   f"plain {plain:8.0f} samples/s, ratio {ratios[-1]:.3f}")
         print(f"{model_name}: median ratio softsync/plain = {statistics.median(ratios):.3f} (target >= 0.95)")
 

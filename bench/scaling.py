@@ -16,22 +16,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import plain_loop
-from softsync import train
+from common import plain_loop, softsync_rate
 from softsync.datasets import load_dataset
-
-
-def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, protocol: str = "async") -> float:
-    with tempfile.TemporaryDirectory() as out:
-        summary = train(engine="dist", protocol=protocol, learners=learners, batch_size=batch_size, model=model,
-                        epochs=epochs, lr=0.01, momentum=0.9, eval_samples=100, quiet=True, out=f"{out}/run")
-    return summary["samples_per_s"]
 
 
 def two_plain_loops(model: str, batch_size: int, steps: int) -> float:
