@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from softsync import train
 from softsync.engines.launch import free_port
@@ -194,3 +195,27 @@ def test_resume_under_dist_continues_the_run(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert resumed["gradients"] == 2 * first["gradients"] and resumed["config"]["engine"] == "dist"
     assert resumed["updates"] > first["updates"]
+
+
+def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    process, processes = start(out, "--learners", "2", "--protocol", "async", "--epochs", "6",
+                               "--learner-speeds", "0.1,0.1", "--checkpoint-every", "20")
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(next(p for p in processes if p["rank"] == 0)["pid"], signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "the server (rank 0) exited with code -9" in err
+    assert_all_gone(processes)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    clock = saved["server"]["clock"]
+    assert clock > 0 and clock % 20 == 0 or saved["data"]["ended"] > 0  # a K-update or an epoch-end checkpoint
+    resumed = train(resume=str(out), quiet=True)
+    assert resumed["status"] == "completed"
+    # async: every mini-batch of the 6 epochs is applied once after the checkpoint's state
+    assert resumed["gradients"] == resumed["updates"] == 6 * (2048 // 16)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]

@@ -224,3 +224,29 @@ def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_pat
     for clock, learner, epoch, index in taken:
         round_in_epoch = clock - epoch * rounds_per_epoch
         assert index == round_in_epoch * 4 + learner
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, synthetic, monkeypatch):
+    from softsync.runlog import Recorder
+
+    options = dict(protocol="2-softsync", learners=4, batch_size=16, model="mlp", epochs=3, momentum=0.9,
+                   step_jitter=0.3, seed=6, checkpoint_every=25)
+    whole, _ = run(tmp_path, "whole", synthetic, **options)
+    original = Recorder.save_checkpoint
+    saved = []
+
+    def crash_after_a_mid_epoch_checkpoint(self, state, epochs_ended):
+        original(self, state, epochs_ended)
+        saved.append((state["server"]["clock"], epochs_ended))
+        if state["server"]["clock"] == 75:  # 64 updates per epoch: this one is inside epoch 2
+            raise Interrupt
+
+    monkeypatch.setattr(Recorder, "save_checkpoint", crash_after_a_mid_epoch_checkpoint)
+    with pytest.raises(Interrupt):
+        run(tmp_path, "split", synthetic, **options)
+    monkeypatch.setattr(Recorder, "save_checkpoint", original)
+    assert saved[-1] == (75, 1) and (25, 0) in saved
+    train(data=synthetic, resume=str(tmp_path / "split"))
+    assert torch.equal(final_weights(whole), final_weights(tmp_path / "split"))
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]

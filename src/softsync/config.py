@@ -58,6 +58,7 @@ class TrainConfig:
     learner_speeds: tuple[float, ...] = _opt((), "relative speed of each learner, e.g. 1,1,0.5 (default all 1)")
     bandwidth: float = _opt(1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers)")
     latency: float = _opt(5e-5, "sim: one-way message latency, seconds")
+    checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
     timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process")
@@ -182,6 +183,7 @@ def validate(config: TrainConfig) -> None:
     require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
     require(0 < config.timeout <= 86400, f"--timeout {config.timeout}: must be a positive number of seconds, at most a day")
     require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
+    require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     if config.learner_speeds:
         require(

@@ -147,6 +147,11 @@ class Recorder:
         self.consecutive_rejections += 1
         return self.consecutive_rejections >= max(10, 2 * learners)
 
+    def save_checkpoint(self, state: dict, epochs_ended: int) -> None:
+        """Write checkpoint.pt atomically: ``state`` (server, data, engine) with the config and our own state."""
+        checkpoint = {**state, "config": self.config.resolved(), "epoch": epochs_ended, "recorder": self.state_dict()}
+        atomic_write_bytes(self.out / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
+
     def epoch_end(self, epoch: int, server, virtual_s: float | None = None, checkpoint: dict | None = None) -> bool:
         """Evaluate, append to metrics.jsonl, write the checkpoint; True if the run diverged."""
         paused = time.perf_counter()
@@ -178,8 +183,7 @@ class Recorder:
         self.last_test_error = test_error
         diverged = not (math.isfinite(test_loss) and math.isfinite(train_loss))
         if checkpoint is not None:
-            checkpoint = {**checkpoint, "config": self.config.resolved(), "epoch": epoch + 1, "recorder": self.state_dict()}
-            atomic_write_bytes(self.out / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
+            self.save_checkpoint(checkpoint, epoch + 1)
         self.epoch_end_s += time.perf_counter() - paused
         self.progress.update(self._pending_progress)
         self._pending_progress = 0

@@ -70,7 +70,7 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         message_bytes=run.learner.weights.numel() * run.learner.weights.element_size(),
         seed=config.seed,
     )
-    engine = SimEngine(run.server, run.learner, run.data, run.dataset.train_x, run.dataset.train_y, times, run.recorder, config.learners)
+    engine = SimEngine(run.server, run.learner, run.data, run.dataset.train_x, run.dataset.train_y, times, run.recorder, config.learners, config.checkpoint_every)
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])
     run.recorder.status = engine.run()

@@ -31,7 +31,7 @@ from ..build import Run, load_data, make_model
 from ..config import TrainConfig
 from ..learner import Learner
 from ..protocol import PullGate
-from . import end_epoch
+from . import checkpoint_due, end_epoch, save_checkpoint
 
 HEADER = 8
 PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
@@ -257,8 +257,7 @@ class DistServer:
         # the epoch ends before anyone is answered: evaluation pauses training, so it is not timed
         for epoch in self.data.complete(batch) if result.accepted else []:
             paused = time.monotonic()
-            engine_state = {"reissue": [(b.epoch, b.index) for b in self.in_flight.values()]}
-            diverged = end_epoch(self.server, self.data, self.recorder, epoch, engine_state)
+            diverged = end_epoch(self.server, self.data, self.recorder, epoch, self.engine_state())
             pause = time.monotonic() - paused
             for other in self.deadline:  # evaluation paused the server, not the learners' duty to answer
                 self.deadline[other] += pause
@@ -266,9 +265,15 @@ class DistServer:
                 self.stop_all("diverged")
                 self.answer(learner)
                 return
+        if checkpoint_due(self.server, self.config.checkpoint_every, result.updated):
+            save_checkpoint(self.server, self.data, self.recorder, self.engine_state())
         for answered in self.gate.request(learner, hold=result.accepted):
             self.answer(answered)
         self.settle()
+
+    def engine_state(self) -> dict:
+        """What a checkpoint needs of the dist engine: the mini-batches being computed, to hand out again."""
+        return {"reissue": [(b.epoch, b.index) for b in self.in_flight.values()]}
 
     def serve(self) -> str:
         """Run until every learner has been told to stop; returns the run's status."""

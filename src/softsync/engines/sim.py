@@ -21,7 +21,7 @@ from ..data import Batch, DataServer
 from ..learner import Learner
 from ..protocol import PullGate
 from ..server import ParameterServer
-from . import end_epoch
+from . import checkpoint_due, end_epoch, save_checkpoint
 
 PULL, PUSH_SEND, PUSH_ARRIVE = 0, 1, 2
 
@@ -63,7 +63,7 @@ class InFlight:
 class SimEngine:
     """Runs the learner loop of DESIGN §1 on one ParameterServer in virtual time."""
 
-    def __init__(self, server: ParameterServer, learner: Learner, data: DataServer, train_x: torch.Tensor, train_y: torch.Tensor, times: StepTimeModel, recorder, learners: int) -> None:
+    def __init__(self, server: ParameterServer, learner: Learner, data: DataServer, train_x: torch.Tensor, train_y: torch.Tensor, times: StepTimeModel, recorder, learners: int, checkpoint_every: int = 0) -> None:
         self.server = server
         self.learner = learner
         self.data = data
@@ -71,6 +71,7 @@ class SimEngine:
         self.times = times
         self.recorder = recorder
         self.learners = learners
+        self.checkpoint_every = checkpoint_every
         self.now = 0.0
         self.link_free = 0.0  # when the server's link finishes its queued transfers
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
@@ -130,6 +131,8 @@ class SimEngine:
             if end_epoch(self.server, self.data, self.recorder, epoch, self.state_dict(), self.now):
                 self.diverged = self.finished = True
                 return
+        if checkpoint_due(self.server, self.checkpoint_every, result.updated):
+            save_checkpoint(self.server, self.data, self.recorder, self.state_dict())
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
