@@ -138,3 +138,7 @@ def test_readme_documents_every_flag():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in [*FIELDS, "config"]:
         assert f"`--{name.replace('_', '-')}" in readme, name
+
+
+def test_host_must_name_an_address(tmp_path, capsys):
+    assert "--host" in fails_with_one_line(["train", *SMALL, "--host", " ", "--out", str(tmp_path / "r")], capsys)

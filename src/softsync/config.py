@@ -60,6 +60,7 @@ class TrainConfig:
     latency: float = _opt(5e-5, "sim: one-way message latency, seconds")
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
+    host: str = _opt("127.0.0.1", "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)")
     timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process")
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
@@ -183,6 +184,7 @@ def validate(config: TrainConfig) -> None:
     require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
     require(0 < config.timeout <= 86400, f"--timeout {config.timeout}: must be a positive number of seconds, at most a day")
     require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
+    require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     if config.learner_speeds:

@@ -93,9 +93,9 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         os._exit(code)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
@@ -146,8 +146,8 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     world = config.learners + 1
     environment = {
         **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
+        "MASTER_ADDR": config.host,
+        "MASTER_PORT": str(free_port(config.host)),
         "WORLD_SIZE": str(world),
         WORKER_CONFIG: json.dumps(config.resolved()),
     }
