@@ -142,3 +142,23 @@ def test_readme_documents_every_flag():
 
 def test_host_must_name_an_address(tmp_path, capsys):
     assert "--host" in fails_with_one_line(["train", *SMALL, "--host", " ", "--out", str(tmp_path / "r")], capsys)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from softsync.config import FIELDS, ConfigError, TrainConfig, make_config  # noqa: E402
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                   st.text(max_size=12), st.lists(st.integers(-5, 200), max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(FIELDS) + ["colour", "lr-policy"]), VALUES, max_size=5))
+def test_any_config_values_give_a_config_or_one_line_config_error(values):
+    try:
+        config = make_config(**values)
+    except ConfigError as error:
+        assert "\n" not in str(error) and str(error)
+    else:
+        assert isinstance(config, TrainConfig)

@@ -107,7 +107,9 @@ def coerce(name: str, value):
     if name == "learner_speeds":
         return _number_list(value, float, flag)
     if value is None:
-        return None
+        if default is None:
+            return None
+        raise ConfigError(f"{flag} needs a value")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

@@ -94,6 +94,7 @@ class DistServer:
         self.lost: set[int] = set()
         self.processes = processes or []  # processes.json's entries, to end a hung learner on this host
         self.in_flight: dict[int, object] = {}  # learner -> Batch it is computing
+        self.sent_clock: dict[int, int] = {}  # learner -> timestamp of the weights it was sent
         self.deadline: dict[int, float] = {}  # learner -> when its push is overdue
         self.stopping = False
         self.status = "completed"
@@ -145,7 +146,7 @@ class DistServer:
         if not self.active:
             self.fail(f"every learner was lost (the last: {reason}); the run directory keeps the last epoch's checkpoint")
             return
-        print(f"softsync: warning: {reason}; going on with {len(self.active)} learner(s)", file=sys.stderr, flush=True)
+        self.warn(f"{reason}; going on with {len(self.active)} learner(s)")
         self.server.remove_learner(learner)  # applies the round's update if only the lost one was missing
         for answered in self.gate.remove(learner):
             self.answer(answered)
@@ -160,6 +161,22 @@ class DistServer:
                     os.kill(process["pid"], signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def warn(self, message: str) -> None:
+        print(f"softsync: warning: {message}", file=sys.stderr, flush=True)
+
+    def reject(self, learner: int, problem: str) -> None:
+        """A message that breaks the protocol: count and log it, apply nothing, and carry on.
+
+        The learner's mini-batch goes back to the data server and the learner gets a fresh one.
+        """
+        self.server.rejected_gradients += 1
+        self.warn(f"rejected a message of {describe(learner)}: {problem}")
+        batch = self.in_flight.pop(learner, None)
+        if batch is not None:
+            self.data.give_back(batch)
+        for answered in self.gate.request(learner, hold=False):
+            self.answer(answered)
 
     def settle(self) -> None:
         """Give parked learners the mini-batches that came back; stop them once none can come back."""
@@ -204,6 +221,7 @@ class DistServer:
                 self.stop(learner)
             return
         self.in_flight[learner] = batch
+        self.sent_clock[learner] = self.server.clock
         self.deadline[learner] = time.monotonic() + self.timeout
         self.send(learner, WEIGHTS, self.server.clock, batch)
 
@@ -233,20 +251,33 @@ class DistServer:
             self.recorder.start_clock()
         buffer = self.receive[learner]
         kind, sender, timestamp, epoch, index = self.receive_headers[learner][:5].tolist()
-        if sender != learner or kind not in (PULL, PUSH):
-            raise DistError(f"{describe(learner)} sent a malformed header (kind {kind}, learner {sender})")
         self.deadline.pop(learner, None)
         if self.stopping:
             self.answer(learner)
+            return
+        batch = self.in_flight.get(learner)
+        problem = ""
+        if sender != learner or kind not in (PULL, PUSH):
+            problem = f"a malformed header (kind {kind}, learner {sender})"
+        elif kind == PULL and batch is not None:
+            problem = f"a pull while computing mini-batch {batch.epoch}:{batch.index}"
+        elif kind == PUSH and batch is None:
+            problem = "a push without a mini-batch"
+        elif kind == PUSH and (epoch, index) != (batch.epoch, batch.index):
+            problem = f"a push of mini-batch {epoch}:{index}, it was given {batch.epoch}:{batch.index}"
+        elif kind == PUSH and timestamp != self.sent_clock[learner]:
+            problem = f"a push with timestamp {timestamp}, its weights had timestamp {self.sent_clock[learner]}"
+        if problem:
+            self.reject(learner, problem)
             return
         if kind == PULL:
             for answered in self.gate.request(learner):
                 self.answer(answered)
             return
-        batch = self.in_flight.pop(learner)
-        if (epoch, index) != (batch.epoch, batch.index):
-            raise DistError(f"{describe(learner)} pushed mini-batch {epoch}:{index}, it was given {batch.epoch}:{batch.index}")
+        del self.in_flight[learner]
         result = self.server.push(buffer[HEADER:], timestamp, learner)
+        if not result.accepted:
+            self.warn(f"rejected a gradient of {describe(learner)}: {result.reason}")
         loss = float(float_header(buffer)[LOSS_SLOT])
         if self.recorder.gradient(batch.epoch, loss, result.accepted, self.config.learners):
             self.stop_all("diverged")
