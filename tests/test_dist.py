@@ -219,3 +219,9 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed["gradients"] == resumed["updates"] == 6 * (2048 // 16)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+
+
+def test_divergence_under_dist_stops_every_learner(tmp_path):
+    summary = train(protocol="hardsync", learners=2, epochs=3, lr=1e6, lr_policy="constant", out=str(tmp_path / "run"),
+                    **SMALL)
+    assert summary["status"] == "diverged"

@@ -213,6 +213,8 @@ class DistServer:
     # -- the server loop ---------------------------------------------------------------------
     def answer(self, learner: int) -> None:
         """Send ``learner`` the current weights and its next mini-batch, or tell it to stop."""
+        if learner not in self.active:  # already stopped (a release can reach it twice) or lost
+            return
         batch = None if self.stopping else self.data.take()
         if batch is None:
             if self.in_flight and not self.stopping:  # one may come back, if its learner is lost
