@@ -92,7 +92,7 @@ def _number_list(value, kind, name: str) -> tuple:
         items = [value]
     try:
         return tuple(kind(item) for item in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name} = {value!r}: expected a comma-separated list of {kind.__name__}s") from None
 
 
@@ -119,14 +119,14 @@ def coerce(name: str, value):
             raise ConfigError(f"{flag} = {value!r}: expected a whole number")
         try:
             return int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{flag} = {value!r}: expected a whole number") from None
     if isinstance(default, float):
         try:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{flag} = {value!r}: expected a number") from None
     if not isinstance(value, str):
         raise ConfigError(f"{flag} = {value!r}: expected a string")
