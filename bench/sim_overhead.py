@@ -16,24 +16,10 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
+from common import plain_loop
 from softsync import train
 from softsync.datasets import load_dataset
-from softsync.models import build_model
-
-
-def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int) -> float:
-    model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    order = torch.randperm(len(dataset.train_y), generator=torch.Generator().manual_seed(seed))
-    start = time.perf_counter()
-    for step in range(steps):
-        samples = order[step * batch_size : (step + 1) * batch_size]
-        optimizer.zero_grad()
-        F.cross_entropy(model(dataset.train_x[samples]), dataset.train_y[samples]).backward()
-        optimizer.step()
-    return time.perf_counter() - start
 
 
 def simulated_epoch(model_name: str, dataset, batch_size: int, seed: int) -> tuple[float, int]:

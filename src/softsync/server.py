@@ -128,10 +128,6 @@ class ParameterServer:
 
     # -- updates ---------------------------------------------------------------------------
     @property
-    def buffered(self) -> int:
-        return self._buffered
-
-    @property
     def lr(self) -> float:
         return learning_rate(self.base_lr, self.epoch, self.lr_steps, self.lr_gamma)
 
