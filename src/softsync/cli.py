@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(train)
     sweep = commands.add_parser("sweep", help="run an experiment grid from a TOML file")
     sweep.add_argument("experiment", metavar="EXPERIMENT.toml")
-    sweep.add_argument("--out", default=None)
+    sweep.add_argument("--out", default=None, help="where the runs, results.csv, results.md and figures go (default: runs/sweep-<experiment>)")
+    sweep.add_argument("--jobs", default="1", metavar="J", help="sim runs to run at once, one core each (dist runs always run alone; default: 1)")
     plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", default=None, help="where to write the PNGs (default: the first run directory)")
@@ -74,6 +75,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        raise ConfigError(f"--jobs {args.jobs!r}: expected a whole number") from None
+    sweep(args.experiment, args.out, jobs)
+    return 0
+
+
 def run_plot(args: argparse.Namespace) -> int:
     from .plots import plot_runs
 
@@ -89,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "plot":
             return run_plot(args)
-        raise ConfigError("softsync sweep is not built yet")
+        return run_sweep(args)
     except USER_ERRORS as error:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ class TrainConfig:
     learner_speeds: tuple[float, ...] = _opt((), "relative speed of each learner, e.g. 1,1,0.5 (default all 1)")
     bandwidth: float = _opt(1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers)")
     latency: float = _opt(5e-5, "sim: one-way message latency, seconds")
+    message_bytes: int = _opt(0, "sim: bytes of one pull or push on the link (0: the model's float32 weights); models a bigger network's traffic")
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
     host: str = _opt("127.0.0.1", "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)")
@@ -184,6 +185,7 @@ def validate(config: TrainConfig) -> None:
     require(0 <= config.step_jitter < 1, f"--step-jitter {config.step_jitter}: must be in [0, 1)")
     require(config.bandwidth > 0, f"--bandwidth {config.bandwidth}: must be a positive number of bytes per second")
     require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
+    require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
     require(0 < config.timeout <= 86400, f"--timeout {config.timeout}: must be a positive number of seconds, at most a day")
     require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")

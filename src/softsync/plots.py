@@ -86,3 +86,73 @@ def plot_runs(run_dirs: list[str], out: str | None = None) -> list[Path]:
     except OSError as error:
         raise RunDirError(f"cannot write plots to {str(target)!r}: {error.strerror or error}") from None
     return written
+
+
+def plot_series(series: dict[str, list[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
+                title: str = "", logx: bool = False, ideal: bool = False) -> Path:
+    """One line per series of (x, y) points; ``ideal`` adds y = x (perfect speedup)."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        points = sorted(points)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=3, label=label)
+    if ideal and series:
+        xs = sorted({x for points in series.values() for x, _ in points})
+        axes.plot(xs, xs, color="grey", linestyle=":", label="ideal")
+    if logx:
+        axes.set_xscale("log", base=2)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def _legend(labels: dict[str, str], skip: set[str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in labels.items() if key not in skip) or "run"
+
+
+def plot_experiment(figures: list[dict], runs: list, rows: list[dict], out: Path) -> list[Path]:
+    """The figures an experiment file asks for (see softsync.sweep.FIGURE_KINDS), as PNGs in ``out``."""
+    finished = [(run, row) for run, row in zip(runs, rows) if row["status"] in ("completed", "diverged")]
+    written = []
+    for spec in figures:
+        kind, name = spec["kind"], spec.get("name", spec["kind"])
+        title = spec.get("title", "")
+        if kind == "staleness":
+            histograms = {}
+            for run, _ in finished:
+                _, summary = read_run(out / "runs" / run.name)
+                histograms[_legend(run.labels, set())] = summary["staleness"]["histogram"]
+            if histograms:
+                written.append(plot_staleness(histograms, out / f"{name}.png"))
+        elif kind == "test-error":
+            per = spec.get("per")
+            groups: dict[str, dict] = {}
+            for run, _ in finished:
+                records, _ = read_run(out / "runs" / run.name)
+                group = run.labels.get(per, "") if per else ""
+                groups.setdefault(group, {})[_legend(run.labels, {per})] = records
+            for group, lines in groups.items():
+                path = out / (f"{name}-{group}.png" if per else f"{name}.png")
+                written.append(plot_test_error(lines, path, title=f"{title} {per} = {group}".strip() if per else title or "test error"))
+        elif kind == "final":
+            x, y, per = spec["x"], spec.get("y", "test_error"), spec.get("per")
+            figures_series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+            for run, row in finished:
+                value = row.get(y if y != "speedup" else "samples_per_s")
+                hidden = {x, per} if "by" not in spec else set(run.labels) - set(spec["by"])
+                if value is not None:
+                    series = figures_series.setdefault(run.labels.get(per, "") if per else "", {})
+                    series.setdefault(_legend(run.labels, hidden), []).append((float(row[x]), float(value)))
+            for group, series in figures_series.items():
+                if y == "speedup":  # relative to the smallest x of each line (λ = 1)
+                    series = {label: [(px, py / min(points)[1]) for px, py in points] for label, points in series.items()}
+                path = out / (f"{name}-{group}.png" if per else f"{name}.png")
+                heading = f"{title} {per} = {group}".strip() if per else title
+                written.append(plot_series(series, path, spec.get("xlabel", x), spec.get("ylabel", y), heading,
+                                           logx=spec.get("logx", False), ideal=spec.get("ideal", False)))
+    return written

@@ -67,7 +67,7 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         speeds=config.learner_speeds or (1.0,) * config.learners,
         bandwidth=config.bandwidth,
         latency=config.latency,
-        message_bytes=run.learner.weights.numel() * run.learner.weights.element_size(),
+        message_bytes=config.message_bytes or run.learner.weights.numel() * run.learner.weights.element_size(),
         seed=config.seed,
     )
     engine = SimEngine(run.server, run.learner, run.data, run.dataset.train_x, run.dataset.train_y, times, run.recorder, config.learners, config.checkpoint_every)

@@ -1,0 +1,322 @@
+"""`softsync sweep`: run an experiment grid, skip what is finished, tabulate and plot the results.
+
+An experiment file is TOML::
+
+    [base]              # train options, as in --config
+    dataset = "fashion-mnist"
+    [grid]              # lists multiply out; a scalar is fixed; {label = ..., k = v} bundles options
+    protocol = ["1-softsync", "async"]
+    lr_policy = ["constant", "staleness"]
+    [[figure]]          # see FIGURE_KINDS
+    kind = "test-error"
+    per = "lr_policy"
+
+``[[grid]]`` (several tables) runs the union of their products. Every run is its own
+``softsync train`` process writing ``OUT/runs/<name>``; its output goes to ``OUT/logs/<name>.log``.
+A run whose directory has a summary is finished and skipped; one stopped with a checkpoint is
+resumed; one stopped before its first checkpoint is started again. Runs under the dist engine
+run one at a time, after the others, because they measure real speed.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import FIELDS, ConfigError, coerce, make_config
+from .runlog import CHECKPOINT, CONFIG, SUMMARY, read_metrics
+
+FIGURE_KINDS = {
+    "staleness": "one histogram of τ per run, as the paper's Fig. 1",
+    "test-error": "test error against epoch, one line per run",
+    "final": "a result (`y`: test_error, samples_per_s, speedup or staleness_mean) against `x` (a grid key or mu_lambda), "
+    "one line per value of the grid keys in `by` (default: all but x)",
+    # any kind but staleness: `per = KEY` draws one figure per value of KEY
+
+}
+FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
+# options a rerun may change without making a finished run a different run
+VOLATILE = {"out", "resume", "quiet", "timeout"}
+
+
+@dataclass
+class Run:
+    name: str
+    labels: dict[str, str]  # grid key -> the value shown in tables and legends
+    options: dict  # train options (field name -> value)
+
+
+@dataclass
+class Experiment:
+    name: str
+    runs: list[Run]
+    grid_keys: list[str]
+    figures: list[dict]
+
+
+def _label(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("label", ",".join(f"{k}={v}" for k, v in value.items())))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _options(key: str, value, where: str) -> dict:
+    """The train options one grid value sets: a bundle sets several, anything else sets ``key``."""
+    if isinstance(value, dict):
+        items = {k: v for k, v in value.items() if k != "label"}
+    else:
+        items = {key: value}
+    options = {}
+    for name, item in items.items():
+        field = name.replace("-", "_")
+        if field in ("out", "resume"):
+            raise ConfigError(f"{where}: {name} is set by the sweep (OUT/runs/<name>), not by the experiment")
+        try:
+            options[field] = coerce(field, item)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    return options
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and check an experiment file; every run's config is validated before anything runs."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file {str(path)!r} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"experiment file {str(path)!r} cannot be read: {error}") from None
+    unknown = set(raw) - {"base", "grid", "figure"}
+    if unknown:
+        raise ConfigError(f"experiment file {str(path)!r}: unknown table {sorted(unknown)[0]!r} (use base, grid, figure)")
+    base = {key: value for key, value in raw.get("base", {}).items()}
+    base_options = _options("base", base, f"{path} [base]") if base else {}
+    grids = raw.get("grid", [{}])
+    grids = [grids] if isinstance(grids, dict) else grids
+    runs, grid_keys = [], []
+    for grid in grids:
+        for key in grid:
+            if key not in grid_keys:
+                grid_keys.append(key)
+        axes = [[(key, value) for value in (values if isinstance(values, list) else [values])] for key, values in grid.items()]
+        for combination in itertools.product(*axes):
+            options = dict(base_options)
+            labels = {}
+            for key, value in combination:
+                options.update(_options(key, value, f"{path} [grid] {key}"))
+                labels[key] = _label(value)
+            name = ",".join(f"{key}={label}" for key, label in labels.items()) or "base"
+            runs.append(Run(name.replace("/", "_").replace(" ", ""), labels, options))
+    names = [run.name for run in runs]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate:
+        raise ConfigError(f"experiment file {str(path)!r}: two runs are both named {duplicate!r}; give bundles distinct labels")
+    for run in runs:
+        try:
+            make_config(**run.options)
+        except ConfigError as error:
+            raise ConfigError(f"{path}, run {run.name}: {error}") from None
+    figures = raw.get("figure", [])
+    for figure in figures:
+        check_figure(figure, runs, grid_keys, f"experiment file {str(path)!r}")
+    return Experiment(Path(path).stem, runs, grid_keys, figures)
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_figure(figure: dict, runs: list[Run], grid_keys: list[str], where: str) -> None:
+    """Refuse a figure that could not be drawn, before any run starts."""
+    kind = figure.get("kind")
+    if kind not in FIGURE_KINDS:
+        raise ConfigError(f"{where}: figure kind {kind!r} is unknown: use {', '.join(FIGURE_KINDS)}")
+    if figure.get("per") not in (None, *grid_keys):
+        raise ConfigError(f"{where}: figure per = {figure['per']!r} is not a grid key ({', '.join(grid_keys)})")
+    if kind == "final":
+        x, y = figure.get("x"), figure.get("y", "test_error")
+        if y not in FINAL_Y:
+            raise ConfigError(f"{where}: figure y = {y!r} is unknown: use {', '.join(FINAL_Y)}")
+        numeric = x == "mu_lambda" or (x in grid_keys and all(_number(run.labels[x]) for run in runs if x in run.labels))
+        if not numeric:
+            raise ConfigError(f"{where}: figure x = {x!r} must be mu_lambda or a grid key with numbers as values")
+        unknown = [key for key in figure.get("by", []) if key not in grid_keys]
+        if unknown:
+            raise ConfigError(f"{where}: figure by = {unknown[0]!r} is not a grid key ({', '.join(grid_keys)})")
+
+
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(FIELDS[name].default, bool):
+            flags += [flag] if value else []
+        elif value is not None:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return flags
+
+
+def run_state(run_dir: Path, options: dict) -> str:
+    """finished, resumable, stale (started, nothing to resume), or new; a different run there is an error."""
+    if not (run_dir / CONFIG).exists():
+        return "new"
+    saved = json.loads((run_dir / CONFIG).read_text())
+    wanted = make_config(**options, out=str(run_dir)).resolved()
+    changed = [key for key in wanted if key not in VOLATILE and saved.get(key) != wanted[key]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"{run_dir} holds a run with {key} = {saved.get(key)!r}, not {wanted[key]!r}: use another --out or remove that run"
+        )
+    if (run_dir / SUMMARY).exists():
+        return "finished"
+    return "resumable" if (run_dir / CHECKPOINT).exists() else "stale"
+
+
+def execute(run: Run, out: Path) -> str:
+    """Run (or resume) one training run in its own process; returns its exit status as text."""
+    run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
+    state = run_state(run_dir, run.options)
+    if state == "finished":
+        return "skipped"
+    if state == "stale":  # stopped before its first checkpoint: nothing trained to keep
+        shutil.rmtree(run_dir)
+    if state == "resumable":
+        flags = ["--resume", str(run_dir), "--epochs", str(run.options.get("epochs", FIELDS["epochs"].default))]
+    else:
+        flags = _flags(run.options) + ["--out", str(run_dir)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # one thread per sim run: --jobs J runs use J cores; dist runs set their own threads
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "a") as handle:
+        handle.write(f"$ softsync train {' '.join(flags)} --quiet\n")
+        handle.flush()
+        code = subprocess.call(
+            [sys.executable, "-m", "softsync.cli", "train", *flags, "--quiet"],
+            stdout=handle, stderr=subprocess.STDOUT, env=environment,
+        )
+    if code == 0:
+        return "ran"
+    lines = log.read_text().strip().splitlines()
+    return f"failed (exit {code}): {lines[-1] if lines else 'no output'}"
+
+
+def result_row(run: Run, run_dir: Path, outcome: str | None = None) -> dict:
+    """One row of results.csv: the run's grid values and what it reached."""
+    row = {"run": run.name, **run.labels}
+    summary_path = run_dir / SUMMARY
+    if not summary_path.exists():
+        return {**row, "status": outcome if outcome and outcome.startswith("failed") else "not run"}
+    summary = json.loads(summary_path.read_text())
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    staleness = summary["staleness"]
+    n = _softsync_n(summary["config"])
+    over = None
+    if n is not None:
+        total = sum(staleness["histogram"].values()) or 1
+        over = sum(count for tau, count in staleness["histogram"].items() if int(tau) > 2 * n) / total
+    return {
+        **row,
+        "status": summary["status"],
+        "test_error": summary["test_error"],
+        "epochs": records[-1]["epoch"] if records else 0,
+        "staleness_mean": staleness["mean"],
+        "staleness_max": staleness["max"],
+        "staleness_p99": staleness["p99"],
+        "p_staleness_over_2n": over,
+        "samples_per_s": summary["samples_per_s"],
+        "wall_s": summary["wall_s"],
+        "mu_lambda": summary["config"]["batch_size"] * summary["config"]["learners"],
+    }
+
+
+def _softsync_n(config: dict) -> int | None:
+    protocol = config["protocol"]
+    if protocol == "async":
+        return config["learners"]
+    if protocol.endswith("-softsync"):
+        return int(protocol.split("-")[0])
+    return None
+
+
+COLUMNS = ["status", "test_error", "epochs", "staleness_mean", "staleness_max", "staleness_p99",
+           "p_staleness_over_2n", "samples_per_s", "wall_s", "mu_lambda"]
+
+
+def _shown(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_results(rows: list[dict], grid_keys: list[str], out: Path) -> None:
+    """results.csv (every column) and results.md (a table to paste into docs)."""
+    columns = ["run", *grid_keys, *COLUMNS]
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _shown(row.get(key)) for key in columns})
+    shown = [*grid_keys, *COLUMNS]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_shown(row.get(key)) for key in shown) + " |" for row in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> list[dict]:
+    """Run every run of the experiment not finished yet; write results.csv, results.md and figures under ``out``."""
+    experiment = load_experiment(path)
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: need at least 1")
+    out = Path(out or f"runs/sweep-{experiment.name}")
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
+    for run in experiment.runs:  # refuse a changed experiment before running anything
+        run_state(out / "runs" / run.name, run.options)
+    outcomes: dict[str, str] = {}
+    total, started, reporting = len(experiment.runs), time.monotonic(), threading.Lock()
+
+    def one(run: Run) -> None:
+        begin = time.monotonic()
+        outcome = execute(run, out)
+        row = result_row(run, out / "runs" / run.name, outcome)
+        error = "" if row.get("test_error") is None else f", test error {row['test_error']:.4f}"
+        with reporting:
+            outcomes[run.name] = outcome
+            log(f"[{len(outcomes)}/{total}] {run.name}: {outcome if outcome != 'ran' else row['status']}{error} ({time.monotonic() - begin:.0f} s)")
+
+    simulated = [run for run in experiment.runs if run.options.get("engine", "sim") == "sim"]
+    distributed = [run for run in experiment.runs if run not in simulated]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, simulated))
+    for run in distributed:  # alone on the machine: they measure real throughput
+        one(run)
+    rows = [result_row(run, out / "runs" / run.name, outcomes.get(run.name)) for run in experiment.runs]
+    write_results(rows, experiment.grid_keys, out)
+    from .plots import plot_experiment
+
+    for figure in plot_experiment(experiment.figures, experiment.runs, rows, out):
+        log(f"figure {figure}")
+    log(f"{total} runs in {time.monotonic() - started:.0f} s; results in {out / 'results.md'}")
+    return rows

@@ -1,0 +1,169 @@
+"""softsync sweep: the grid runs, finished runs are skipped, results and figures are written."""
+import csv
+import json
+
+import pytest
+
+from softsync.cli import main
+from softsync.config import ConfigError
+from softsync.plots import plot_series, plot_staleness, plot_test_error
+from softsync.sweep import load_experiment, sweep
+
+TINY = """
+[base]
+dataset = "synthetic"
+model = "logreg"
+epochs = 1
+batch_size = 16
+lr = 0.05
+quiet = true
+
+[grid]
+protocol = ["1-softsync", "async"]
+learners = [1, 2]
+
+[[figure]]
+kind = "staleness"
+
+[[figure]]
+kind = "test-error"
+per = "protocol"
+
+[[figure]]
+kind = "final"
+x = "learners"
+y = "speedup"
+ideal = true
+"""
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_runs_the_grid_and_skips_finished_runs(tmp_path):
+    experiment, out = write(tmp_path, TINY), tmp_path / "out"
+    lines = []
+    rows = sweep(experiment, out, jobs=2, log=lines.append)
+
+    names = sorted(row["run"] for row in rows)
+    assert names == sorted(f"protocol={p},learners={l}" for p in ("1-softsync", "async") for l in (1, 2))
+    table = read_csv(out / "results.csv")
+    assert len(table) == 4 and all(row["status"] == "completed" for row in table)
+    for row in table:  # the table reports what the run wrote
+        summary = json.loads((out / "runs" / row["run"] / "summary.json").read_text())
+        assert float(row["test_error"]) == pytest.approx(summary["test_error"], abs=1e-4)
+        assert summary["config"]["learners"] == int(row["learners"]) and summary["config"]["protocol"] == row["protocol"]
+        assert int(row["epochs"]) == 1
+    markdown = (out / "results.md").read_text().strip().splitlines()
+    assert len(markdown) == 2 + 4 and markdown[0].startswith("| protocol | learners | status | test_error")
+    for figure in ["staleness.png", "test-error-1-softsync.png", "test-error-async.png", "final.png"]:
+        assert (out / figure).stat().st_size > 1000, figure
+
+    finished = {row["run"]: (out / "runs" / row["run"] / "summary.json").stat().st_mtime_ns for row in table}
+    lines.clear()
+    sweep(experiment, out, jobs=2, log=lines.append)
+    assert sum("skipped" in line for line in lines) == 4
+    assert all((out / "runs" / name / "summary.json").stat().st_mtime_ns == mtime for name, mtime in finished.items())
+    assert len(read_csv(out / "results.csv")) == 4
+
+
+SMALL = TINY.replace("learners = [1, 2]", "learners = [2]")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_run_again(tmp_path):
+    experiment, out = write(tmp_path, SMALL), tmp_path / "out"
+    sweep(experiment, out, log=lambda line: None)
+    stopped = out / "runs" / "protocol=async,learners=2"
+    for name in ("summary.json", "checkpoint.pt", "metrics.jsonl"):
+        (stopped / name).unlink()
+    lines = []
+    sweep(experiment, out, log=lines.append)
+    assert [line for line in lines if "skipped" not in line and line.startswith("[")] == [
+        next(line for line in lines if "protocol=async,learners=2" in line)
+    ]
+    assert json.loads((stopped / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_changed_experiment_is_refused_and_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    sweep(write(tmp_path, SMALL), out, log=lambda line: None)
+    before = {path: path.read_bytes() for path in (out / "runs").rglob("*") if path.is_file()}
+    changed = write(tmp_path, SMALL.replace("lr = 0.05", "lr = 0.1"), "changed.toml")
+    assert main(["sweep", str(changed), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "lr = 0.05, not 0.1" in error
+    assert before == {path: path.read_bytes() for path in (out / "runs").rglob("*") if path.is_file()}
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path):
+    text = TINY.replace('protocol = ["1-softsync", "async"]', 'protocol = "async"').replace(
+        'learners = [1, 2]', 'learners = [2]\ndataset = ["synthetic", "mnist"]\ndata_dir = "/nonexistent"')
+    rows = sweep(write(tmp_path, text), tmp_path / "out", log=lambda line: None)
+    by_dataset = {}
+    for row in rows:
+        by_dataset.setdefault(row["dataset"], []).append(row["status"])
+    assert by_dataset["synthetic"] == ["completed"]
+    assert all(status.startswith("failed (exit 2): softsync: error:") for status in by_dataset["mnist"])
+
+
+def test_bundles_set_several_options_under_one_label(tmp_path):
+    text = TINY.replace('learners = [1, 2]', 'cost = [{label = "small", step_time = 0.01}, {label = "big", step_time = 1.0, message_bytes = 1000000}]')
+    experiment = load_experiment(write(tmp_path, text.replace('x = "learners"', 'x = "mu_lambda"')))
+    big = next(run for run in experiment.runs if run.labels["cost"] == "big")
+    assert big.options["step_time"] == 1.0 and big.options["message_bytes"] == 1_000_000
+    assert big.name.endswith("cost=big")
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("[base]\nlearners = 0\n", "--learners 0"),
+        ("[grid]\nprotocol = ['hardsync', 'sometimes']\n", "sometimes"),
+        ("[grid]\nlearners = [1, 'two']\n", "'two'"),
+        ("[bases]\nlr = 1\n", "unknown table 'bases'"),
+        ("[base]\nout = 'x'\n", "set by the sweep"),
+        ("[grid]\nlr = [0.1]\n[[figure]]\nkind = 'pie'\n", "'pie'"),
+        ("[grid]\nprotocol = ['async']\n[[figure]]\nkind = 'final'\nx = 'protocol'\n", "x = 'protocol'"),
+        ("[grid]\nlr = [0.1]\n[[figure]]\nkind = 'final'\nx = 'lr'\ny = 'beauty'\n", "'beauty'"),
+        ("[grid\n", "cannot be read"),
+    ],
+)
+def test_bad_experiment_files_exit_2_with_one_line(tmp_path, capsys, text, names):
+    code = main(["sweep", str(write(tmp_path, text)), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and names in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_experiment_of_every_shipped_experiment():
+    """The files in experiments/ parse, and every run's config is valid."""
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.parent.joinpath("experiments").glob("*.toml"))
+    assert files
+    for path in files:
+        assert load_experiment(path).runs, path
+
+
+def test_figure_functions_write_pngs(tmp_path):
+    records = [{"epoch": e, "test_error": 0.5 / e} for e in (1, 2, 3)]
+    paths = [
+        plot_test_error({"a": records, "b": records[:2]}, tmp_path / "error.png"),
+        plot_staleness({"1-softsync": {"0": 3, "1": 40, "2": 2}, "async": {5: 1, 6: 9}}, tmp_path / "staleness.png"),
+        plot_series({"90K": [(1, 1.0), (2, 1.9), (4, 3.5)]}, tmp_path / "speedup.png", "λ", "speedup", logx=True, ideal=True),
+    ]
+    for path in paths:
+        assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        sweep(write(tmp_path, TINY), tmp_path / "out", jobs=0)
