@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="run an experiment grid from a TOML file")
     sweep.add_argument("experiment", metavar="EXPERIMENT.toml")
     sweep.add_argument("--out", default=None, help="where the runs, results.csv, results.md and figures go (default: runs/sweep-<experiment>)")
+    sweep.add_argument("--data-dir", default=None, metavar="D", help="where the dataset is, for every run (overrides the experiment's data_dir)")
     sweep.add_argument("--jobs", default="1", metavar="J", help="sim runs to run at once, one core each (dist runs always run alone; default: 1)")
     plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -82,7 +83,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         jobs = int(args.jobs)
     except ValueError:
         raise ConfigError(f"--jobs {args.jobs!r}: expected a whole number") from None
-    sweep(args.experiment, args.out, jobs)
+    sweep(args.experiment, args.out, jobs, args.data_dir)
     return 0
 
 

@@ -46,7 +46,7 @@ FIGURE_KINDS = {
 }
 FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
 # options a rerun may change without making a finished run a different run
-VOLATILE = {"out", "resume", "quiet", "timeout"}
+VOLATILE = {"out", "resume", "quiet", "timeout", "data_dir"}
 
 
 @dataclass
@@ -282,9 +282,15 @@ def write_results(rows: list[dict], grid_keys: list[str], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> list[dict]:
-    """Run every run of the experiment not finished yet; write results.csv, results.md and figures under ``out``."""
+def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_dir: str | None = None, log=print) -> list[dict]:
+    """Run every run of the experiment not finished yet; write results.csv, results.md and figures under ``out``.
+
+    ``data_dir`` sets --data-dir of every run (where the dataset is on this machine).
+    """
     experiment = load_experiment(path)
+    if data_dir is not None:
+        for run in experiment.runs:
+            run.options["data_dir"] = coerce("data_dir", data_dir)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least 1")
     out = Path(out or f"runs/sweep-{experiment.name}")
