@@ -225,3 +225,33 @@ def test_divergence_under_dist_stops_every_learner(tmp_path):
     summary = train(protocol="hardsync", learners=2, epochs=3, lr=1e6, lr_policy="constant", out=str(tmp_path / "run"),
                     **SMALL)
     assert summary["status"] == "diverged"
+
+
+def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
+    """The server is SIGKILLed; torchrun restarts every rank, which resume the run in --out."""
+    out = tmp_path / "run"
+    torchrun = subprocess.Popen(
+        [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", "3", "--max-restarts", "1", "--monitor-interval", "0.1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+         "-m", "softsync.dist", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
+         "--protocol", "async", "--epochs", "20", "--checkpoint-every", "20",
+         "--timeout", "60", "--quiet", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "checkpoint.pt").exists() or not (out / "processes.json").exists():
+            assert time.monotonic() < deadline and torchrun.poll() is None, torchrun.communicate()
+            time.sleep(0.05)
+        first = json.loads((out / "processes.json").read_text())
+        os.kill(next(p for p in first if p["rank"] == 0)["pid"], signal.SIGKILL)
+        stdout, stderr = torchrun.communicate(timeout=180)
+    finally:
+        if torchrun.poll() is None:
+            os.killpg(torchrun.pid, signal.SIGKILL)
+    assert torchrun.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # async: every mini-batch of the 20 epochs applied once, counting from the checkpoint's state
+    assert summary["gradients"] == summary["updates"] == 20 * (2048 // 16)
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 21))
+    assert_all_gone(first)

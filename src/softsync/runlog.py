@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,23 @@ def prepare_run_dir(path: str | Path, config) -> Path:
     except OSError as error:
         raise RunDirError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
     return out
+
+
+def run_progress(run_dir: str | Path) -> str:
+    """new (no run there), finished (it has a summary), resumable (a checkpoint), or stale (started, nothing to resume)."""
+    run = Path(run_dir)
+    if not (run / CONFIG).exists():
+        return "new"
+    if (run / SUMMARY).exists():
+        return "finished"
+    return "resumable" if (run / CHECKPOINT).exists() else "stale"
+
+
+def discard_stale_run(run_dir: str | Path) -> None:
+    """Remove a run stopped before its first checkpoint, so it can start again: nothing trained is lost."""
+    if run_progress(run_dir) != "stale":
+        raise RunDirError(f"{str(run_dir)!r} holds a checkpoint or a finished run: refusing to remove it")
+    shutil.rmtree(run_dir)
 
 
 def read_metrics(path: Path) -> list[dict]:

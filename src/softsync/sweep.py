@@ -23,7 +23,6 @@ import csv
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, coerce, make_config
-from .runlog import CHECKPOINT, CONFIG, SUMMARY, read_metrics
+from .runlog import CONFIG, SUMMARY, discard_stale_run, read_metrics, run_progress
 
 FIGURE_KINDS = {
     "staleness": "one histogram of τ per run, as the paper's Fig. 1",
@@ -174,20 +173,17 @@ def _flags(options: dict) -> list[str]:
 
 
 def run_state(run_dir: Path, options: dict) -> str:
-    """finished, resumable, stale (started, nothing to resume), or new; a different run there is an error."""
-    if not (run_dir / CONFIG).exists():
-        return "new"
-    saved = json.loads((run_dir / CONFIG).read_text())
-    wanted = make_config(**options, out=str(run_dir)).resolved()
-    changed = [key for key in wanted if key not in VOLATILE and saved.get(key) != wanted[key]]
-    if changed:
-        key = changed[0]
-        raise ConfigError(
-            f"{run_dir} holds a run with {key} = {saved.get(key)!r}, not {wanted[key]!r}: use another --out or remove that run"
-        )
-    if (run_dir / SUMMARY).exists():
-        return "finished"
-    return "resumable" if (run_dir / CHECKPOINT).exists() else "stale"
+    """The run's progress (see runlog.run_progress); a different run in ``run_dir`` is an error."""
+    if (run_dir / CONFIG).exists():
+        saved = json.loads((run_dir / CONFIG).read_text())
+        wanted = make_config(**options, out=str(run_dir)).resolved()
+        changed = [key for key in wanted if key not in VOLATILE and saved.get(key) != wanted[key]]
+        if changed:
+            key = changed[0]
+            raise ConfigError(
+                f"{run_dir} holds a run with {key} = {saved.get(key)!r}, not {wanted[key]!r}: use another --out or remove that run"
+            )
+    return run_progress(run_dir)
 
 
 def execute(run: Run, out: Path) -> str:
@@ -196,8 +192,8 @@ def execute(run: Run, out: Path) -> str:
     state = run_state(run_dir, run.options)
     if state == "finished":
         return "skipped"
-    if state == "stale":  # stopped before its first checkpoint: nothing trained to keep
-        shutil.rmtree(run_dir)
+    if state == "stale":
+        discard_stale_run(run_dir)
     if state == "resumable":
         flags = ["--resume", str(run_dir), "--epochs", str(run.options.get("epochs", FIELDS["epochs"].default))]
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,13 +18,21 @@ RESUME_OVERRIDES = {"epochs", "quiet", "resume", "timeout"}
 
 
 def resume_config(run_dir: str, options: dict) -> tuple[TrainConfig, dict]:
-    """The config and checkpoint of the run in ``run_dir``, with ``options`` (epochs, quiet) applied."""
-    changed = sorted(set(options) - RESUME_OVERRIDES)
+    """The config and checkpoint of the run in ``run_dir``, with ``options`` (epochs, quiet) applied.
+
+    Other options may be given only with the run's own values: a torchrun restart repeats its
+    whole command line.
+    """
+    checkpoint = load_checkpoint(run_dir)
+    if options.get("out") is not None and Path(options["out"]).resolve() != Path(run_dir).resolve():
+        raise ConfigError(f"--resume continues the run in {run_dir!r}: --out {options['out']!r} names another directory")
+    saved = {k: v for k, v in checkpoint["config"].items() if k not in ("out", "resume")}
+    options = {k: v for k, v in options.items() if k not in ("out", "resume")}
+    own, given = make_config(**saved).resolved(), make_config(**{**saved, **options}).resolved()
+    changed = sorted(name for name in options if name not in RESUME_OVERRIDES and given[name] != own[name])
     if changed:
         names = ", ".join("--" + name.replace("_", "-") for name in changed)
-        raise ConfigError(f"--resume continues a run with its own config: only --epochs, --timeout and --quiet may be given (got {names})")
-    checkpoint = load_checkpoint(run_dir)
-    saved = {k: v for k, v in checkpoint["config"].items() if k != "resume"}
+        raise ConfigError(f"--resume continues a run with its own config: only --epochs, --timeout and --quiet may be changed (got {names})")
     config = make_config(**{**saved, **options, "out": run_dir, "resume": run_dir})
     return config, checkpoint
 

@@ -26,6 +26,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 from ..build import Run, load_data, make_model
 from ..config import TrainConfig
@@ -392,6 +393,12 @@ def init(config: TrainConfig, rank: int, world: int) -> None:
     try:
         # gloo's own timeout is twice ours: the server's deadline names (and on its host ends) a hung
         # learner first, because a timed-out gloo receive closes the connections to every peer
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=2 * config.timeout))
+        timeout = timedelta(seconds=2 * config.timeout)
+        store, _, _ = next(rendezvous("env://", rank, world, timeout=timeout))
+        # torchrun --max-restarts keeps its store across restarts: restarted ranks must not read the
+        # addresses of the ranks that died, so each attempt has keys of its own
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"softsync/attempt-{attempt}/", store)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     except Exception as error:
         raise DistError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
