@@ -125,17 +125,19 @@ def plot_experiment(figures: list[dict], runs: list, rows: list[dict], out: Path
         if kind == "staleness":
             histograms = {}
             for run, _ in finished:
-                _, summary = read_run(out / "runs" / run.name)
+                summary = json.loads((out / "runs" / run.name / SUMMARY).read_text())
                 histograms[_legend(run.labels, set())] = summary["staleness"]["histogram"]
             if histograms:
                 written.append(plot_staleness(histograms, out / f"{name}.png"))
         elif kind == "test-error":
             per = spec.get("per")
             groups: dict[str, dict] = {}
-            for run, _ in finished:
-                records, _ = read_run(out / "runs" / run.name)
+            for run, row in finished:
+                metrics = out / "runs" / run.name / METRICS
+                records = read_metrics(metrics) if metrics.exists() else []  # a run may diverge before its first epoch end
                 group = run.labels.get(per, "") if per else ""
-                groups.setdefault(group, {})[_legend(run.labels, {per})] = records
+                diverged = " (diverged)" if row["status"] == "diverged" else ""
+                groups.setdefault(group, {})[_legend(run.labels, {per}) + diverged] = records
             for group, lines in groups.items():
                 path = out / (f"{name}-{group}.png" if per else f"{name}.png")
                 written.append(plot_test_error(lines, path, title=f"{title} {per} = {group}".strip() if per else title or "test error"))
