@@ -255,3 +255,34 @@ def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     assert summary["gradients"] == summary["updates"] == 20 * (2048 // 16)
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 21))
     assert_all_gone(first)
+
+
+def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_path):
+    """Rank 1 sends one malformed push of each kind over real gloo, then behaves; rank 2 is a normal learner."""
+    from rogue_learner import FAULTS
+
+    out = tmp_path / "run"
+    flags = ["--engine", "dist", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
+             "--protocol", "async", "--epochs", "2", "--timeout", "60", "--quiet", "--out", str(out)]
+    world = {"WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    commands = {0: [str(BIN / "python"), "-m", "softsync.dist", *flags],
+                1: [str(BIN / "python"), str(Path(__file__).parent / "rogue_learner.py"), *flags],
+                2: [str(BIN / "python"), "-m", "softsync.dist", *flags]}
+    ranks = {rank: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**ENV, **world, "RANK": str(rank)}, start_new_session=True)
+             for rank, command in commands.items()}
+    try:
+        results = {rank: process.communicate(timeout=120) for rank, process in ranks.items()}
+    finally:
+        for process in ranks.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert [ranks[rank].returncode for rank in (0, 1, 2)] == [0, 0, 0], results
+    assert "faults left: 0" in results[1][0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["learner_failures"] == 0
+    assert summary["rejected_gradients"] == len(FAULTS)
+    # async: every mini-batch of both epochs applied exactly once, none of the malformed ones
+    assert summary["gradients"] == summary["updates"] == 2 * (2048 // 16)
+    logged = results[0][1]
+    assert logged.count("rejected a") == logged.count("of learner 0 (rank 1)") == len(FAULTS) and "Traceback" not in logged, logged
