@@ -250,3 +250,13 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, synthetic, monkey
     assert torch.equal(final_weights(whole), final_weights(tmp_path / "split"))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("learners", [1, 8])
+def test_the_servers_link_bounds_throughput(tmp_path, synthetic, learners):
+    """One learner is compute-bound; eight saturate the link: every pull and push takes bytes/bandwidth on it."""
+    step, transfer = 0.01, 0.004  # message_bytes / bandwidth
+    _, summary = run(tmp_path, f"link{learners}", synthetic, protocol="async", learners=learners, batch_size=16, epochs=2,
+                  step_time=step, step_jitter=0.0, latency=0.0, bandwidth=1e8, message_bytes=400_000)
+    per_gradient = step + 2 * transfer if learners == 1 else 2 * transfer
+    assert summary["samples_per_s"] == pytest.approx(16 / per_gradient, rel=0.03)
