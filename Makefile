@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN_OUT ?= runs/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench experiments clean
 
 setup: $(STAMP) data
 
@@ -40,6 +40,17 @@ bench: setup
 	$(PYTHON) bench/scaling.py
 	$(PYTHON) bench/transport.py --model paper-cifar10
 	$(PYTHON) bench/vs_ddp.py
+
+# the paper's experiments (about an hour on 2 cores); results in docs/results.md. A rerun skips finished runs.
+EXPERIMENTS := runs/experiments
+experiments: setup
+	$(VENV)/bin/softsync sweep experiments/fig1-staleness.toml --out $(EXPERIMENTS)/fig1-staleness --jobs 2
+	$(VENV)/bin/softsync sweep experiments/fig3-lr-policy.toml --out $(EXPERIMENTS)/fig3-lr-policy --jobs 2
+	$(VENV)/bin/softsync sweep experiments/fig3-lr-policy-0.01.toml --out $(EXPERIMENTS)/fig3-lr-policy-0.01 --jobs 2
+	$(VENV)/bin/softsync sweep experiments/mulambda.toml --out $(EXPERIMENTS)/mulambda --jobs 2
+	$(PYTHON) experiments/calibrate_speedup.py
+	$(VENV)/bin/softsync sweep experiments/speedup-measured.toml --out $(EXPERIMENTS)/speedup-measured
+	$(VENV)/bin/softsync sweep experiments/speedup-predicted.toml --out $(EXPERIMENTS)/speedup-predicted --jobs 2
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
