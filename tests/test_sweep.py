@@ -167,3 +167,36 @@ def test_figure_functions_write_pngs(tmp_path):
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="--jobs 0"):
         sweep(write(tmp_path, TINY), tmp_path / "out", jobs=0)
+
+
+def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_path, monkeypatch):
+    import torch
+
+    from softsync import train
+    from softsync.runlog import Recorder
+
+    text = SMALL.replace("epochs = 1", "epochs = 2").replace('protocol = ["1-softsync", "async"]', 'protocol = "async"')
+    experiment = write(tmp_path, text)
+    (run,) = load_experiment(experiment).runs
+    # the run's process dies right after its epoch-1 checkpoint: a checkpoint, no summary
+    original = Recorder.epoch_end
+
+    def die_after_first_epoch(self, epoch, *args, **kwargs):
+        original(self, epoch, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Recorder, "epoch_end", die_after_first_epoch)
+    stopped = tmp_path / "out" / "runs" / run.name
+    with pytest.raises(KeyboardInterrupt):
+        train(**{**run.options, "out": str(stopped)})
+    monkeypatch.setattr(Recorder, "epoch_end", original)
+    assert not (stopped / "summary.json").exists() and (stopped / "checkpoint.pt").exists()
+
+    lines = []
+    sweep(experiment, tmp_path / "out", log=lines.append)
+    assert "completed" in lines[0]
+    assert [json.loads(line)["epoch"] for line in (stopped / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    sweep(experiment, tmp_path / "uninterrupted", log=lambda line: None)
+    weights = [torch.load(out / "runs" / run.name / "checkpoint.pt", weights_only=False)["server"]["weights"]
+               for out in (tmp_path / "out", tmp_path / "uninterrupted")]
+    assert torch.equal(*weights)
