@@ -132,15 +132,21 @@ def test_a_hung_learner_is_dropped_after_the_timeout(tmp_path):
     assert_all_gone(processes)
 
 
-def test_losing_every_learner_fails_with_one_line(tmp_path):
-    process, processes = start(tmp_path / "run", "--learners", "1", "--protocol", "async", "--epochs", "50",
-                               "--learner-speeds", "0.3")
+def test_losing_every_learner_fails_with_one_line_and_a_usable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    process, processes = start(out, "--learners", "1", "--protocol", "async", "--epochs", "20", "--checkpoint-every", "10")
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.02)
     os.kill(next(p for p in processes if p["rank"] == 1)["pid"], signal.SIGKILL)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1
     lines = error_lines(err)
     assert len(lines) == 1 and "every learner was lost" in lines[0], err
     assert_all_gone(processes)
+    resumed = train(resume=str(out), quiet=True)
+    assert resumed["status"] == "completed" and resumed["gradients"] == resumed["updates"] == 20 * (2048 // 16)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
