@@ -115,46 +115,69 @@ def _legend(labels: dict[str, str], skip: set[str]) -> str:
     return ", ".join(f"{key}={value}" for key, value in labels.items() if key not in skip) or "run"
 
 
-def plot_experiment(figures: list[dict], runs: list, rows: list[dict], out: Path) -> list[Path]:
-    """The figures an experiment file asks for (see softsync.sweep.FIGURE_KINDS), as PNGs in ``out``."""
-    finished = [(run, row) for run, row in zip(runs, rows) if row["status"] in ("completed", "diverged")]
+def _staleness_figure(spec: dict, finished: list, out: Path) -> list[Path]:
+    """kind = "staleness": one histogram of τ per run, as the paper's Fig. 1."""
+    histograms = {}
+    for run, _ in finished:
+        summary = json.loads((out / "runs" / run.name / SUMMARY).read_text())
+        histograms[_legend(run.labels, set())] = summary["staleness"]["histogram"]
+    return [plot_staleness(histograms, out / f"{spec.get('name', 'staleness')}.png")] if histograms else []
+
+
+def _grouped(spec: dict, run) -> str:
+    """The figure a run belongs to: the value of the spec's `per` key, or '' for a single figure."""
+    return run.labels.get(spec["per"], "") if spec.get("per") else ""
+
+
+def _figure_path(spec: dict, group: str, out: Path) -> tuple[Path, str]:
+    name, title, per = spec.get("name", spec["kind"]), spec.get("title", ""), spec.get("per")
+    if not per:
+        return out / f"{name}.png", title
+    return out / f"{name}-{group}.png", f"{title} {per} = {group}".strip()
+
+
+def _test_error_figures(spec: dict, finished: list, out: Path) -> list[Path]:
+    """kind = "test-error": test error against epoch, a line per run; `per = KEY`: a figure per value of KEY."""
+    groups: dict[str, dict] = {}
+    for run, row in finished:
+        metrics = out / "runs" / run.name / METRICS
+        records = read_metrics(metrics) if metrics.exists() else []  # a run may diverge before its first epoch end
+        diverged = " (diverged)" if row["status"] == "diverged" else ""
+        groups.setdefault(_grouped(spec, run), {})[_legend(run.labels, {spec.get("per")}) + diverged] = records
     written = []
-    for spec in figures:
-        kind, name = spec["kind"], spec.get("name", spec["kind"])
-        title = spec.get("title", "")
-        if kind == "staleness":
-            histograms = {}
-            for run, _ in finished:
-                summary = json.loads((out / "runs" / run.name / SUMMARY).read_text())
-                histograms[_legend(run.labels, set())] = summary["staleness"]["histogram"]
-            if histograms:
-                written.append(plot_staleness(histograms, out / f"{name}.png"))
-        elif kind == "test-error":
-            per = spec.get("per")
-            groups: dict[str, dict] = {}
-            for run, row in finished:
-                metrics = out / "runs" / run.name / METRICS
-                records = read_metrics(metrics) if metrics.exists() else []  # a run may diverge before its first epoch end
-                group = run.labels.get(per, "") if per else ""
-                diverged = " (diverged)" if row["status"] == "diverged" else ""
-                groups.setdefault(group, {})[_legend(run.labels, {per}) + diverged] = records
-            for group, lines in groups.items():
-                path = out / (f"{name}-{group}.png" if per else f"{name}.png")
-                written.append(plot_test_error(lines, path, title=f"{title} {per} = {group}".strip() if per else title or "test error"))
-        elif kind == "final":
-            x, y, per = spec["x"], spec.get("y", "test_error"), spec.get("per")
-            figures_series: dict[str, dict[str, list[tuple[float, float]]]] = {}
-            for run, row in finished:
-                value = row.get(y if y != "speedup" else "samples_per_s")
-                hidden = {x, per} if "by" not in spec else set(run.labels) - set(spec["by"])
-                if value is not None:
-                    series = figures_series.setdefault(run.labels.get(per, "") if per else "", {})
-                    series.setdefault(_legend(run.labels, hidden), []).append((float(row[x]), float(value)))
-            for group, series in figures_series.items():
-                if y == "speedup":  # relative to the smallest x of each line (λ = 1)
-                    series = {label: [(px, py / min(points)[1]) for px, py in points] for label, points in series.items()}
-                path = out / (f"{name}-{group}.png" if per else f"{name}.png")
-                heading = f"{title} {per} = {group}".strip() if per else title
-                written.append(plot_series(series, path, spec.get("xlabel", x), spec.get("ylabel", y), heading,
-                                           logx=spec.get("logx", False), ideal=spec.get("ideal", False)))
+    for group, lines in groups.items():
+        path, title = _figure_path(spec, group, out)
+        written.append(plot_test_error(lines, path, title=title or "test error"))
     return written
+
+
+def _final_figures(spec: dict, finished: list, out: Path) -> list[Path]:
+    """kind = "final": `y` (test_error, samples_per_s, speedup, staleness_mean) against `x` (mu_lambda or a
+    numeric grid key), a line per value of the grid keys in `by` (default: all but x); `per` as above."""
+    x, y = spec["x"], spec.get("y", "test_error")
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for run, row in finished:
+        value = row.get("samples_per_s" if y == "speedup" else y)
+        if value is None:  # a diverged run has no final test error
+            continue
+        hidden = set(run.labels) - set(spec["by"]) if "by" in spec else {x, spec.get("per")}
+        series = groups.setdefault(_grouped(spec, run), {})
+        series.setdefault(_legend(run.labels, hidden), []).append((float(row[x]), float(value)))
+    written = []
+    for group, series in groups.items():
+        if y == "speedup":  # relative to the smallest x of each line (λ = 1)
+            series = {label: [(px, py / min(points)[1]) for px, py in points] for label, points in series.items()}
+        path, title = _figure_path(spec, group, out)
+        written.append(plot_series(series, path, spec.get("xlabel", x), spec.get("ylabel", y), title,
+                                   logx=spec.get("logx", False), ideal=spec.get("ideal", False)))
+    return written
+
+
+# an experiment file's [[figure]] kinds
+FIGURES = {"staleness": _staleness_figure, "test-error": _test_error_figures, "final": _final_figures}
+
+
+def plot_experiment(figures: list[dict], runs: list, rows: list[dict], out: Path) -> list[Path]:
+    """The figures an experiment file asks for (see FIGURES), as PNGs in ``out``."""
+    finished = [(run, row) for run, row in zip(runs, rows) if row["status"] in ("completed", "diverged")]
+    return [path for spec in figures for path in FIGURES[spec["kind"]](spec, finished, out)]

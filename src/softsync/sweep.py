@@ -7,7 +7,7 @@ An experiment file is TOML::
     [grid]              # lists multiply out; a scalar is fixed; {label = ..., k = v} bundles options
     protocol = ["1-softsync", "async"]
     lr_policy = ["constant", "staleness"]
-    [[figure]]          # see FIGURE_KINDS
+    [[figure]]          # see plots.FIGURES
     kind = "test-error"
     per = "lr_policy"
 
@@ -33,16 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, coerce, make_config
+from .plots import FIGURES, plot_experiment
 from .runlog import CONFIG, SUMMARY, discard_stale_run, read_metrics, run_progress
 
-FIGURE_KINDS = {
-    "staleness": "one histogram of τ per run, as the paper's Fig. 1",
-    "test-error": "test error against epoch, one line per run",
-    "final": "a result (`y`: test_error, samples_per_s, speedup or staleness_mean) against `x` (a grid key or mu_lambda), "
-    "one line per value of the grid keys in `by` (default: all but x)",
-    # any kind but staleness: `per = KEY` draws one figure per value of KEY
-
-}
 FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
 # options a rerun may change without making a finished run a different run
 VOLATILE = {"out", "resume", "quiet", "timeout", "data_dir"}
@@ -145,8 +138,8 @@ def _number(text: str) -> bool:
 def check_figure(figure: dict, runs: list[Run], grid_keys: list[str], where: str) -> None:
     """Refuse a figure that could not be drawn, before any run starts."""
     kind = figure.get("kind")
-    if kind not in FIGURE_KINDS:
-        raise ConfigError(f"{where}: figure kind {kind!r} is unknown: use {', '.join(FIGURE_KINDS)}")
+    if kind not in FIGURES:
+        raise ConfigError(f"{where}: figure kind {kind!r} is unknown: use {', '.join(FIGURES)}")
     if figure.get("per") not in (None, *grid_keys):
         raise ConfigError(f"{where}: figure per = {figure['per']!r} is not a grid key ({', '.join(grid_keys)})")
     if kind == "final":
@@ -316,8 +309,6 @@ def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_d
         one(run)
     rows = [result_row(run, out / "runs" / run.name, outcomes.get(run.name)) for run in experiment.runs]
     write_results(rows, experiment.grid_keys, out)
-    from .plots import plot_experiment
-
     for figure in plot_experiment(experiment.figures, experiment.runs, rows, out):
         log(f"figure {figure}")
     log(f"{total} runs in {time.monotonic() - started:.0f} s; results in {out / 'results.md'}")
