@@ -136,15 +136,20 @@ def coerce(name: str, value):
     return value
 
 
-def load_toml(path: str | Path) -> dict:
-    """Read a config file whose keys are flag names; returns field-name -> coerced value."""
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """The tables of a TOML file; ConfigError (one line) when it is missing or unparsable."""
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {error}") from None
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {error}") from None
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a config file whose keys are flag names; returns field-name -> coerced value."""
+    raw = read_toml(path)
     return {key.replace("-", "_"): coerce(key.replace("-", "_"), value) for key, value in raw.items()}
 
 

@@ -35,18 +35,8 @@ def run_label(run_dir: str | Path, summary: dict) -> str:
 
 def plot_test_error(runs: dict[str, list[dict]], path: str | Path, title: str = "test error") -> Path:
     """One line per run: test error against epoch."""
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for label, records in runs.items():
-        axes.plot([r["epoch"] for r in records], [r["test_error"] for r in records], marker="o", markersize=3, label=label)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("test error")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return Path(path)
+    series = {label: [(r["epoch"], r["test_error"]) for r in records] for label, records in runs.items()}
+    return plot_series(series, path, "epoch", "test error", title)
 
 
 def plot_staleness(histograms: dict[str, dict], path: str | Path) -> Path:

@@ -27,12 +27,11 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FIELDS, ConfigError, coerce, make_config
+from .config import FIELDS, ConfigError, coerce, make_config, read_toml
 from .plots import FIGURES, plot_experiment
 from .runlog import CONFIG, SUMMARY, discard_stale_run, read_metrics, run_progress
 
@@ -84,13 +83,7 @@ def _options(key: str, value, where: str) -> dict:
 
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and check an experiment file; every run's config is validated before anything runs."""
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"experiment file {str(path)!r} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"experiment file {str(path)!r} cannot be read: {error}") from None
+    raw = read_toml(path, "experiment file")
     unknown = set(raw) - {"base", "grid", "figure"}
     if unknown:
         raise ConfigError(f"experiment file {str(path)!r}: unknown table {sorted(unknown)[0]!r} (use base, grid, figure)")
