@@ -33,7 +33,9 @@ from pathlib import Path
 
 from .config import FIELDS, ConfigError, coerce, make_config, read_toml
 from .plots import FIGURES, plot_experiment
-from .runlog import CONFIG, SUMMARY, discard_stale_run, read_metrics, run_progress
+from .protocol import parse_protocol
+from .runlog import CONFIG, METRICS, SUMMARY, discard_stale_run, read_metrics, run_progress
+from .staleness import StalenessStats
 
 FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
 # options a rerun may change without making a finished run a different run
@@ -207,13 +209,12 @@ def result_row(run: Run, run_dir: Path, outcome: str | None = None) -> dict:
     if not summary_path.exists():
         return {**row, "status": outcome if outcome and outcome.startswith("failed") else "not run"}
     summary = json.loads(summary_path.read_text())
-    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    records = read_metrics(run_dir / METRICS) if (run_dir / METRICS).exists() else []
     staleness = summary["staleness"]
-    n = _softsync_n(summary["config"])
-    over = None
-    if n is not None:
-        total = sum(staleness["histogram"].values()) or 1
-        over = sum(count for tau, count in staleness["histogram"].items() if int(tau) > 2 * n) / total
+    config = summary["config"]
+    protocol = parse_protocol(config["protocol"], config["learners"])
+    histogram = StalenessStats({int(tau): count for tau, count in staleness["histogram"].items()})
+    over = None if protocol.blocking else histogram.fraction_above(2 * protocol.n)  # n-softsync and async
     return {
         **row,
         "status": summary["status"],
@@ -225,17 +226,8 @@ def result_row(run: Run, run_dir: Path, outcome: str | None = None) -> dict:
         "p_staleness_over_2n": over,
         "samples_per_s": summary["samples_per_s"],
         "wall_s": summary["wall_s"],
-        "mu_lambda": summary["config"]["batch_size"] * summary["config"]["learners"],
+        "mu_lambda": config["batch_size"] * config["learners"],
     }
-
-
-def _softsync_n(config: dict) -> int | None:
-    protocol = config["protocol"]
-    if protocol == "async":
-        return config["learners"]
-    if protocol.endswith("-softsync"):
-        return int(protocol.split("-")[0])
-    return None
 
 
 COLUMNS = ["status", "test_error", "epochs", "staleness_mean", "staleness_max", "staleness_p99",
