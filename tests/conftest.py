@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from softsync.datasets import load_dataset
 
@@ -8,7 +7,3 @@ from softsync.datasets import load_dataset
 def synthetic():
     """The seeded synthetic set (2048 training samples of 1×8×8, 4 classes)."""
     return load_dataset("synthetic", seed=0, synthetic_size=2048)
-
-
-def final_weights(run_dir) -> torch.Tensor:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["server"]["weights"]

@@ -13,7 +13,7 @@ import torch
 from softsync import train
 from softsync.engines.launch import free_port
 
-from conftest import final_weights
+from helpers import final_weights
 
 BIN = Path(sys.executable).parent
 SMALL = dict(engine="dist", dataset="synthetic", model="mlp", batch_size=16, quiet=True, timeout=60)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from softsync.errors import ConfigError
 from softsync.models import MODELS, build_model, count_parameters
 
 
@@ -27,5 +28,5 @@ def test_seeded_initialisation_leaves_the_global_rng_alone():
 
 
 def test_unknown_model_names_the_choices():
-    with pytest.raises(KeyError, match="cnn-small"):
+    with pytest.raises(ConfigError, match="cnn-small"):
         build_model("vgg", (1, 28, 28), 10)

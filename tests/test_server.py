@@ -97,7 +97,7 @@ def test_non_finite_future_and_wrong_size_gradients_are_rejected_and_counted():
                            (torch.ones(3), 1), (torch.ones(4), 0)):
         result = server.push(bad, timestamp, learner=0)
         assert not result.accepted and result.reason
-    assert server.rejected_gradients == 4 and server.gradients == 0 and server.clock == 0
+    assert server.rejected_gradients == 4 and server.accepted_gradients == 0 and server.clock == 0
     assert torch.equal(server.weights, torch.zeros(3))
 
 

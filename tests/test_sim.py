@@ -8,7 +8,7 @@ from softsync import train
 from softsync.data import DataServer, epoch_permutation
 from softsync.models import build_model
 
-from conftest import final_weights
+from helpers import Interrupt, crash_after_checkpoint, final_weights
 
 COMMON = dict(dataset="synthetic", quiet=True)
 
@@ -131,28 +131,15 @@ def test_divergence_ends_with_status_diverged(tmp_path, synthetic):
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, synthetic, monkeypatch):
     options = dict(protocol="3-softsync", learners=6, batch_size=16, model="mlp", epochs=4, momentum=0.9,
                    step_jitter=0.3, seed=2)
     whole, whole_summary = run(tmp_path, "whole", synthetic, **options)
 
-    from softsync.runlog import Recorder
-    original = Recorder.epoch_end
-
-    def crash_after_second_epoch(self, epoch, *args, **kwargs):
-        result = original(self, epoch, *args, **kwargs)
-        if epoch == 1:
-            raise Interrupt  # as if the process died right after the epoch-2 checkpoint
-        return result
-
-    monkeypatch.setattr(Recorder, "epoch_end", crash_after_second_epoch)
+    crash_after_checkpoint(monkeypatch, lambda clock, ended: ended == 2)  # right after the epoch-2 checkpoint
     with pytest.raises(Interrupt):
         run(tmp_path, "split", synthetic, **options)
-    monkeypatch.setattr(Recorder, "epoch_end", original)
+    monkeypatch.undo()
     resumed = train(data=synthetic, resume=str(tmp_path / "split"))
     assert torch.equal(final_weights(whole), final_weights(tmp_path / "split"))
     assert resumed["updates"] == whole_summary["updates"] and resumed["staleness"] == whole_summary["staleness"]
@@ -162,7 +149,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, synthe
 
 def test_resume_refuses_other_options_and_non_runs(tmp_path, synthetic):
     from softsync.config import ConfigError
-    from softsync.runlog import RunDirError
+    from softsync.errors import RunDirError
 
     out, _ = run(tmp_path, "done", synthetic, protocol="async", learners=2, model="logreg", epochs=1)
     with pytest.raises(ConfigError, match="--lr"):
@@ -207,15 +194,13 @@ def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_pat
     from softsync.engines.sim import SimEngine
 
     taken = []
-    original = SimEngine.pull
+    original = SimEngine.compute
 
-    def record(self, learner):
-        original(self, learner)
-        if learner in self.in_flight:
-            work = self.in_flight[learner]
-            taken.append((self.server.clock, learner, work.batch.epoch, work.batch.index))
+    def record(self, learner, work):
+        original(self, learner, work)
+        taken.append((self.server.clock, learner, work.batch.epoch, work.batch.index))
 
-    monkeypatch.setattr(SimEngine, "pull", record)
+    monkeypatch.setattr(SimEngine, "compute", record)
     # speeds and jitter scramble the push order; the assignment must not depend on it
     run(tmp_path, "order", synthetic, protocol="hardsync", learners=4, batch_size=16, model="logreg", epochs=2,
         step_jitter=0.5, learner_speeds="1,0.3,2,0.7")
@@ -227,24 +212,14 @@ def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_pat
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, synthetic, monkeypatch):
-    from softsync.runlog import Recorder
-
     options = dict(protocol="2-softsync", learners=4, batch_size=16, model="mlp", epochs=3, momentum=0.9,
                    step_jitter=0.3, seed=6, checkpoint_every=25)
     whole, _ = run(tmp_path, "whole", synthetic, **options)
-    original = Recorder.save_checkpoint
-    saved = []
-
-    def crash_after_a_mid_epoch_checkpoint(self, state, epochs_ended):
-        original(self, state, epochs_ended)
-        saved.append((state["server"]["clock"], epochs_ended))
-        if state["server"]["clock"] == 75:  # 64 updates per epoch: this one is inside epoch 2
-            raise Interrupt
-
-    monkeypatch.setattr(Recorder, "save_checkpoint", crash_after_a_mid_epoch_checkpoint)
+    # 64 updates per epoch: the checkpoint at update 75 is inside epoch 2
+    saved = crash_after_checkpoint(monkeypatch, lambda clock, ended: clock == 75)
     with pytest.raises(Interrupt):
         run(tmp_path, "split", synthetic, **options)
-    monkeypatch.setattr(Recorder, "save_checkpoint", original)
+    monkeypatch.undo()
     assert saved[-1] == (75, 1) and (25, 0) in saved
     train(data=synthetic, resume=str(tmp_path / "split"))
     assert torch.equal(final_weights(whole), final_weights(tmp_path / "split"))

@@ -9,6 +9,8 @@ from softsync.config import ConfigError
 from softsync.plots import plot_series, plot_staleness, plot_test_error
 from softsync.sweep import load_experiment, sweep
 
+from helpers import crash_after_checkpoint
+
 TINY = """
 [base]
 dataset = "synthetic"
@@ -173,23 +175,15 @@ def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_pat
     import torch
 
     from softsync import train
-    from softsync.runlog import Recorder
-
     text = SMALL.replace("epochs = 1", "epochs = 2").replace('protocol = ["1-softsync", "async"]', 'protocol = "async"')
     experiment = write(tmp_path, text)
     (run,) = load_experiment(experiment).runs
     # the run's process dies right after its epoch-1 checkpoint: a checkpoint, no summary
-    original = Recorder.epoch_end
-
-    def die_after_first_epoch(self, epoch, *args, **kwargs):
-        original(self, epoch, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Recorder, "epoch_end", die_after_first_epoch)
+    crash_after_checkpoint(monkeypatch, lambda clock, ended: ended == 1, KeyboardInterrupt)
     stopped = tmp_path / "out" / "runs" / run.name
     with pytest.raises(KeyboardInterrupt):
         train(**{**run.options, "out": str(stopped)})
-    monkeypatch.setattr(Recorder, "epoch_end", original)
+    monkeypatch.undo()
     assert not (stopped / "summary.json").exists() and (stopped / "checkpoint.pt").exists()
 
     lines = []

@@ -1,6 +1,8 @@
 """softsync: staleness-aware asynchronous SGD with a parameter server (Zhang et al., IJCAI 2016)."""
-from .config import ConfigError, TrainConfig, make_config
+from .config import TrainConfig, make_config
+from .coordinator import Coordinator
 from .data import DataServer
+from .errors import ConfigError, DataError, RunDirError, RunError, SoftsyncError
 from .learner import Learner
 from .models import MODELS, build_model, register_model
 from .protocol import Protocol, gradients_per_update, parse_protocol
@@ -9,7 +11,7 @@ from .staleness import POLICIES, StalenessStats, register_policy
 from .train import train
 
 __all__ = [
-    "ConfigError", "DataServer", "Learner", "MODELS", "POLICIES", "ParameterServer", "Protocol",
+    "ConfigError", "Coordinator", "DataError", "DataServer", "RunDirError", "RunError", "SoftsyncError", "Learner", "MODELS", "POLICIES", "ParameterServer", "Protocol",
     "StalenessStats", "TrainConfig", "build_model", "gradients_per_update", "make_config",
     "parse_protocol", "register_model", "register_policy", "train",
 ]

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from torch import nn
 
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 from .data import DataServer
 from .datasets import Dataset, load_dataset
+from .errors import ConfigError
 from .learner import Learner, evaluate
 from .models import build_model
-from .runlog import Recorder
+from .recorder import Recorder
 from .server import ParameterServer
 
 
@@ -25,7 +26,8 @@ def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
         per_epoch = (num_samples // (config.batch_size * config.learners)) * config.learners
     if per_epoch < 1:
         raise ConfigError(
-            f"--batch-size {config.batch_size} × --learners {config.learners} exceeds the {num_samples} training samples of {config.dataset}"
+            f"--batch-size {config.batch_size} × --learners {config.learners} exceeds the {num_samples} "
+            f"training samples of {config.dataset}"
         )
     return per_epoch
 
@@ -39,30 +41,23 @@ def make_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
 
 
 @dataclass
-class Run:
-    """Everything the server side of a run holds."""
+class Components:
+    """The server side of a run, before an engine drives it."""
 
     config: TrainConfig
     dataset: Dataset
-    model: nn.Module
     learner: Learner  # its weights are the server's weights: evaluation (and the sim's learners) use them
     server: ParameterServer
     data: DataServer
     recorder: Recorder
-    per_epoch: int
 
 
-def build_run(config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None, checkpoint: dict | None = None) -> Run:
-    """Assemble the server side of a run writing into ``out``; restore ``checkpoint`` if given."""
+def build_components(config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None) -> Components:
+    """Assemble the server side of a run writing into ``out`` (a checkpoint is restored by the Checkpointer)."""
     dataset = dataset if dataset is not None else load_data(config)
     per_epoch = batches_per_epoch(config, len(dataset.train_y))
     model = module if module is not None else make_model(config, dataset)
     learner = Learner(model)
-    if checkpoint is not None and checkpoint["server"]["weights"].shape != learner.weights.shape:
-        raise ConfigError(
-            f"--resume {str(out)!r}: its checkpoint holds {checkpoint['server']['weights'].numel()} weights, "
-            f"the model {learner.weights.numel()}"
-        )
     server = ParameterServer(
         learner.weights,
         config.parsed_protocol(),
@@ -79,9 +74,4 @@ def build_run(config: TrainConfig, out: Path, module: nn.Module | None = None, d
     if config.eval_samples:
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
     recorder = Recorder(out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet)
-    if checkpoint is not None:
-        server.load_state_dict(checkpoint["server"])
-        data.load_state_dict(checkpoint["data"])
-        recorder.load_state_dict(checkpoint["recorder"])
-        recorder.progress.update(checkpoint["epoch"] * per_epoch)
-    return Run(config, dataset, model, learner, server, data, recorder, per_epoch)
+    return Components(config, dataset, learner, server, data, recorder)

@@ -8,12 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import FIELDS, ConfigError, coerce, load_toml
-from .datasets import DataError
-from .engines.dist import DistError
-from .runlog import RunDirError
-
-USER_ERRORS = (ConfigError, DataError, RunDirError)
+from .config import FIELDS, coerce, load_toml
+from .errors import ConfigError, SoftsyncError, report
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -103,16 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plot":
             return run_plot(args)
         return run_sweep(args)
-    except USER_ERRORS as error:
-        print(f"softsync: error: {error}", file=sys.stderr)
-        return 2
-    except DistError as error:
-        if not error.reported:
-            print(f"softsync: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except (KeyboardInterrupt, SystemExit) as stop:
+    except (SoftsyncError, KeyboardInterrupt) as error:
+        return report(error)
+    except SystemExit as stop:  # SIGTERM or SIGHUP (engines.launch.exit_on_termination)
         print("softsync: interrupted", file=sys.stderr)
-        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        return stop.code if isinstance(stop.code, int) else 1
 
 
 if __name__ == "__main__":

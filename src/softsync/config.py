@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datasets import DATASETS
+from .errors import ConfigError
 from .models import MODELS
 from .protocol import Protocol, ProtocolError, parse_protocol
 from .staleness import POLICIES
 
 ENGINES = ("sim", "dist")
 PATHS = ("data_dir", "out", "resume")
-
-
-class ConfigError(ValueError):
-    """A bad option value; the message is one line."""
 
 
 def _opt(default, help: str, **extra):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -36,7 +38,7 @@ class DataServer:
         if batches_per_epoch is None:
             batches_per_epoch = num_samples // batch_size
         if batches_per_epoch < 1 or batches_per_epoch * batch_size > num_samples:
-            raise ValueError(f"{batches_per_epoch} mini-batches of {batch_size} do not fit in {num_samples} samples")
+            raise ConfigError(f"{batches_per_epoch} mini-batches of {batch_size} do not fit in {num_samples} samples")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -55,14 +57,18 @@ class DataServer:
         start = index * self.batch_size
         return self._permutations[epoch][start : start + self.batch_size]
 
+    def batch(self, epoch: int, index: int) -> Batch:
+        """The mini-batch ``epoch:index``."""
+        return Batch(epoch, index, self._samples(epoch, index))
+
     def take(self) -> Batch | None:
         """The next mini-batch, or None once every epoch has been handed out."""
         if self.reissue:
             epoch, index = self.reissue.popleft()
-            return Batch(epoch, index, self._samples(epoch, index))
+            return self.batch(epoch, index)
         if self.epoch >= self.epochs:
             return None
-        batch = Batch(self.epoch, self.position, self._samples(self.epoch, self.position))
+        batch = self.batch(self.epoch, self.position)
         self.position += 1
         if self.position == self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError, DataError
+
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_SYSTEM_DIR",
@@ -56,10 +58,6 @@ CIFAR_RECORD = 1 + 3 * 32 * 32
 NUM_CLASSES = 10
 
 _PRETTY = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
-
-
-class DataError(ValueError):
-    """Missing or corrupt data; the message is one line naming the problem and how to fix it."""
 
 
 @dataclass
@@ -233,7 +231,7 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -247,7 +245,7 @@ def load_dataset(
 ) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASETS`), preprocessed as in the paper.
 
-    ``seed`` and ``synthetic_size`` only affect the synthetic set. Raises ``ValueError``
+    ``seed`` and ``synthetic_size`` only affect the synthetic set. Raises ``ConfigError``
     for an unknown name and :class:`DataError` for missing or corrupt files.
     """
     _check_name(name)
@@ -340,7 +338,7 @@ def _synthetic(seed: int, size: int) -> Dataset:
     accuracy. The same ``seed`` gives identical tensors. Test size is ``size // 4``.
     """
     if size < 1:
-        raise ValueError(f"synthetic_size must be >= 1, got {size}")
+        raise ConfigError(f"synthetic_size must be >= 1, got {size}")
     g = torch.Generator().manual_seed(seed)
     dim = int(np.prod(SYNTHETIC_SHAPE))
     teacher = torch.randn(dim, SYNTHETIC_CLASSES, generator=g)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 def flatten_parameters(
     model: nn.Module, weights: torch.Tensor | None = None, gradients: torch.Tensor | None = None
@@ -21,7 +23,7 @@ def flatten_parameters(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     size = sum(p.numel() for p in params)
     with torch.no_grad():
         flat = torch.cat([p.detach().reshape(-1) for p in params])
@@ -32,7 +34,7 @@ def flatten_parameters(
     if gradients is None:
         gradients = torch.zeros_like(weights)
     if weights.numel() != size or gradients.numel() != size:
-        raise ValueError(f"buffers of {weights.numel()} and {gradients.numel()} values for a model of {size} parameters")
+        raise ConfigError(f"buffers of {weights.numel()} and {gradients.numel()} values for a model of {size} parameters")
     offset = 0
     for p in params:
         count = p.numel()
@@ -49,10 +51,6 @@ class Learner:
         self.model = model
         self.loss_fn = loss_fn
         self.weights, self.gradients = flatten_parameters(model, weights, gradients)
-
-    @property
-    def num_parameters(self) -> int:
-        return self.weights.numel()
 
     def gradient(self, weights: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
         """∇ loss(weights; batch), the mean over the batch, and the loss.

@@ -6,6 +6,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 # builder(input_shape (C, H, W), num_classes) -> nn.Module
 MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {}
 
@@ -97,7 +99,7 @@ def logreg(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0) -> nn.Module:
     """Build a registered model with weights initialised from ``seed`` (global RNG untouched)."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[name](tuple(input_shape), num_classes)

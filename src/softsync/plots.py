@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .runlog import METRICS, SUMMARY, RunDirError, read_metrics  # noqa: E402
+from .errors import RunDirError  # noqa: E402
+from .rundir import METRICS, SUMMARY, read_metrics  # noqa: E402
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict], dict]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 PROTOCOLS_HELP = "hardsync, async or N-softsync with 1 <= N <= learners (e.g. 1-softsync)"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ConfigError):
     """A protocol name or parameter that does not describe a valid protocol."""
 
 
@@ -66,12 +68,13 @@ class PullGate:
 
     n-softsync and async answer at once. Hardsync holds pulls until every live learner is
     waiting (the round's update is then applied) and answers them together in learner order,
-    which is what gives learner l the mini-batch rλ + l of round r.
+    which is what gives learner l the mini-batch rλ + l of round r. ``live`` is the coordinator's
+    set of live learners, read here, never changed.
     """
 
-    def __init__(self, protocol: Protocol, learners: int) -> None:
+    def __init__(self, protocol: Protocol, live: set[int]) -> None:
         self.blocking = protocol.blocking
-        self.live = set(range(learners))
+        self.live = live
         self.waiting: set[int] = set()
 
     def request(self, learner: int, hold: bool = True) -> list[int]:
@@ -85,9 +88,8 @@ class PullGate:
         self.waiting.add(learner)
         return self._release()
 
-    def remove(self, learner: int) -> list[int]:
-        """A learner is gone: the others may no longer need to wait for it."""
-        self.live.discard(learner)
+    def forget(self, learner: int) -> list[int]:
+        """A learner has left the live set: the others may no longer need to wait for it."""
         self.waiting.discard(learner)
         return self._release() if self.blocking else []
 

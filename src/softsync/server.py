@@ -1,7 +1,7 @@
 """The parameter-server core: weights, clock, gradient buffer and the update rule.
 
 It knows nothing about transport or time: engines call ``pull`` and ``push`` in the order
-events happen. On each update (DESIGN §1)
+events happen (the coordinator does, for both engines). On each update (docs/design.md, "The update")
 
     G = (1/|B|) · Σ_l (α(τ_l)/α0) · g_l,   τ_l = i − j_l
     torch.optim.SGD.step(G) at lr α0 · schedule(epoch);  i ← i + 1
@@ -28,7 +28,7 @@ def learning_rate(base_lr: float, epoch: int, steps: tuple[int, ...] = (), gamma
 
 @dataclass
 class PushResult:
-    accepted: bool  # False: non-finite, from the future, or a second gradient in a hardsync round
+    accepted: bool  # False: non-finite, from the future, the wrong size, or a second gradient in a hardsync round
     updated: bool  # True when this push completed the buffer and an update was applied
     staleness: int
     reason: str = ""
@@ -38,7 +38,7 @@ class ParameterServer:
     """Weights θ, clock i, SGD state and the buffer of pending gradients.
 
     ``weights`` is a flat tensor that the server updates in place (engines may let a local
-    learner compute directly on it).
+    learner compute directly on it). ``learners`` is how many learners c is computed from.
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class ParameterServer:
     ) -> None:
         self.weights = weights
         self.protocol = protocol
-        self.live_learners = set(range(learners))
+        self.learners = learners
         self.base_lr = lr
         self.lr_steps = tuple(lr_steps)
         self.lr_gamma = lr_gamma
@@ -65,8 +65,8 @@ class ParameterServer:
         self.optimizer = torch.optim.SGD([weights], lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
         self.clock = 0
         self.epoch = 0
-        self.gradients = 0  # accepted gradients
-        self.rejected_gradients = 0
+        self.accepted_gradients = 0
+        self.rejected_gradients = 0  # counted here only: by push, and by reject for a message refused before it
         self.stats = StalenessStats()
         self._accumulator = torch.zeros_like(weights)
         self._sum: torch.Tensor | None = None  # Σ (α(τ)/α0) g over the buffer, in _accumulator when c > 1
@@ -95,11 +95,10 @@ class ParameterServer:
         elif not math.isfinite(float(gradient.sum())):
             reason = "non-finite gradient"
         if reason:
-            self.rejected_gradients += 1
-            return PushResult(False, False, tau, reason)
+            return self.reject(reason, tau)
 
         scale = self.policy(tau, self.protocol.n)
-        per_update = self.protocol.gradients_per_update(len(self.live_learners))
+        per_update = self.protocol.gradients_per_update(self.learners)
         if self._buffered == 0 and per_update == 1:
             # async: the gradient is the update, applied before we return; no copy on the hot path
             self._sum = gradient.mul_(scale) if scale != 1.0 else gradient
@@ -109,19 +108,23 @@ class ParameterServer:
             self._sum.add_(gradient, alpha=scale)
         self._buffered += 1
         self._contributors.add(learner)
-        self.gradients += 1
+        self.accepted_gradients += 1
         self.stats.add(tau)
         updated = self._buffered >= per_update
         if updated:
             self.apply_update()
         return PushResult(True, updated, tau)
 
-    def remove_learner(self, learner: int) -> bool:
-        """A learner is gone: c is recomputed from the live learners and hardsync stops waiting
-        for it. Its gradient already in the buffer stays. True if the buffer is now full and
-        an update was applied."""
-        self.live_learners.discard(learner)
-        if self._buffered and self._buffered >= self.protocol.gradients_per_update(len(self.live_learners)):
+    def reject(self, reason: str, staleness: int = 0) -> PushResult:
+        """Count a gradient that is not applied (also one refused before it reached the server)."""
+        self.rejected_gradients += 1
+        return PushResult(False, False, staleness, reason)
+
+    def set_learners(self, learners: int) -> bool:
+        """c is now computed from ``learners`` (a learner was lost: hardsync stops waiting for it).
+        Gradients already buffered stay. True if the buffer is now full and an update was applied."""
+        self.learners = learners
+        if self._buffered and self._buffered >= self.protocol.gradients_per_update(learners):
             self.apply_update()
             return True
         return False
@@ -153,19 +156,20 @@ class ParameterServer:
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: weights, SGD state, clock, buffer, statistics."""
+        """Everything needed to continue exactly: weights, SGD state, clock, buffer, statistics.
+
+        Not the number of learners: that is the run's membership, which the coordinator sets."""
         return {
             "weights": self.weights.detach().clone(),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not live buffers
             "clock": self.clock,
             "epoch": self.epoch,
-            "gradients": self.gradients,
+            "accepted_gradients": self.accepted_gradients,
             "rejected_gradients": self.rejected_gradients,
             "staleness_histogram": dict(self.stats.histogram),
             "buffer_sum": None if self._sum is None else self._sum.clone(),
             "buffered": self._buffered,
             "contributors": sorted(self._contributors),
-            "live_learners": sorted(self.live_learners),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -175,9 +179,8 @@ class ParameterServer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.clock = state["clock"]
         self.epoch = state["epoch"]
-        self.gradients = state["gradients"]
+        self.accepted_gradients = state["accepted_gradients"]
         self.rejected_gradients = state["rejected_gradients"]
         self.stats = StalenessStats(state["staleness_histogram"])
         self._buffered = state["buffered"]
         self._contributors = set(state["contributors"])
-        self.live_learners = set(state["live_learners"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from .errors import ConfigError
+
 # factor(τ, n) -> α(τ) / α0
 Policy = Callable[[int, int], float]
 
@@ -44,9 +46,9 @@ def mean_policy(tau: int, n: int) -> float:
 
 
 def get_policy(name: str) -> Policy:
-    """Look a policy up by name; KeyError names the allowed ones."""
+    """Look a policy up by name; ConfigError names the allowed ones."""
     if name not in POLICIES:
-        raise KeyError(f"unknown lr policy {name!r}: use one of {', '.join(sorted(POLICIES))}")
+        raise ConfigError(f"unknown lr policy {name!r}: use one of {', '.join(sorted(POLICIES))}")
     return POLICIES[name]
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from .config import FIELDS, ConfigError, coerce, make_config, read_toml
 from .plots import FIGURES, plot_experiment
 from .protocol import parse_protocol
-from .runlog import CONFIG, METRICS, SUMMARY, discard_stale_run, read_metrics, run_progress
+from .rundir import CONFIG, METRICS, SUMMARY, discard_stale_run, read_metrics, run_progress
 from .staleness import StalenessStats
 
 FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
@@ -43,7 +43,9 @@ VOLATILE = {"out", "resume", "quiet", "timeout", "data_dir"}
 
 
 @dataclass
-class Run:
+class SweepRun:
+    """One run of an experiment grid."""
+
     name: str
     labels: dict[str, str]  # grid key -> the value shown in tables and legends
     options: dict  # train options (field name -> value)
@@ -52,7 +54,7 @@ class Run:
 @dataclass
 class Experiment:
     name: str
-    runs: list[Run]
+    runs: list[SweepRun]
     grid_keys: list[str]
     figures: list[dict]
 
@@ -106,7 +108,7 @@ def load_experiment(path: str | Path) -> Experiment:
                 options.update(_options(key, value, f"{path} [grid] {key}"))
                 labels[key] = _label(value)
             name = ",".join(f"{key}={label}" for key, label in labels.items()) or "base"
-            runs.append(Run(name.replace("/", "_").replace(" ", ""), labels, options))
+            runs.append(SweepRun(name.replace("/", "_").replace(" ", ""), labels, options))
     names = [run.name for run in runs]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
@@ -130,7 +132,7 @@ def _number(text: str) -> bool:
     return True
 
 
-def check_figure(figure: dict, runs: list[Run], grid_keys: list[str], where: str) -> None:
+def check_figure(figure: dict, runs: list[SweepRun], grid_keys: list[str], where: str) -> None:
     """Refuse a figure that could not be drawn, before any run starts."""
     kind = figure.get("kind")
     if kind not in FIGURES:
@@ -161,7 +163,7 @@ def _flags(options: dict) -> list[str]:
 
 
 def run_state(run_dir: Path, options: dict) -> str:
-    """The run's progress (see runlog.run_progress); a different run in ``run_dir`` is an error."""
+    """The run's progress (see rundir.run_progress); a different run in ``run_dir`` is an error."""
     if (run_dir / CONFIG).exists():
         saved = json.loads((run_dir / CONFIG).read_text())
         wanted = make_config(**options, out=str(run_dir)).resolved()
@@ -174,7 +176,7 @@ def run_state(run_dir: Path, options: dict) -> str:
     return run_progress(run_dir)
 
 
-def execute(run: Run, out: Path) -> str:
+def execute(run: SweepRun, out: Path) -> str:
     """Run (or resume) one training run in its own process; returns its exit status as text."""
     run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
     state = run_state(run_dir, run.options)
@@ -202,7 +204,7 @@ def execute(run: Run, out: Path) -> str:
     return f"failed (exit {code}): {lines[-1] if lines else 'no output'}"
 
 
-def result_row(run: Run, run_dir: Path, outcome: str | None = None) -> dict:
+def result_row(run: SweepRun, run_dir: Path, outcome: str | None = None) -> dict:
     """One row of results.csv: the run's grid values and what it reached."""
     row = {"run": run.name, **run.labels}
     summary_path = run_dir / SUMMARY
@@ -277,7 +279,7 @@ def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_d
     outcomes: dict[str, str] = {}
     total, started, reporting = len(experiment.runs), time.monotonic(), threading.Lock()
 
-    def one(run: Run) -> None:
+    def one(run: SweepRun) -> None:
         begin = time.monotonic()
         outcome = execute(run, out)
         row = result_row(run, out / "runs" / run.name, outcome)

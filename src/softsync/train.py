@@ -1,24 +1,22 @@
-"""softsync.train(): resolve the config, then hand the run to an engine."""
+"""softsync.train(): resolve the config (a new run, or one resumed from its checkpoint), then dispatch to an engine."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from .build import batches_per_epoch, build_run, load_data
-from .config import ConfigError, TrainConfig, make_config, validate
+from .checkpoint import load_checkpoint
+from .config import TrainConfig, make_config, validate
 from .datasets import Dataset
-from .engines.sim import SimEngine, StepTimeModel
-from .runlog import load_checkpoint, open_run_dir
+from .errors import ConfigError
 
 # what may change when a run is resumed: the rest is the run's own config
 RESUME_OVERRIDES = {"epochs", "quiet", "resume", "timeout"}
 
 
 def resume_config(run_dir: str, options: dict) -> tuple[TrainConfig, dict]:
-    """The config and checkpoint of the run in ``run_dir``, with ``options`` (epochs, quiet) applied.
+    """The config and checkpoint of the run in ``run_dir``, with ``options`` (epochs, timeout, quiet) applied.
 
     Other options may be given only with the run's own values: a torchrun restart repeats its
     whole command line.
@@ -34,6 +32,8 @@ def resume_config(run_dir: str, options: dict) -> tuple[TrainConfig, dict]:
         names = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"--resume continues a run with its own config: only --epochs, --timeout and --quiet may be changed (got {names})")
     config = make_config(**{**saved, **options, "out": run_dir, "resume": run_dir})
+    if config.epochs < checkpoint["epoch"]:
+        raise ConfigError(f"--epochs {config.epochs}: the run in {run_dir!r} has already trained {checkpoint['epoch']} epochs")
     return config, checkpoint
 
 
@@ -49,13 +49,14 @@ def resolve(config: TrainConfig | None, options: dict) -> tuple[TrainConfig, dic
     return config, None
 
 
-def train(config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options) -> dict:
+def train(config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options) -> dict | None:
     """Train under ``config`` (or keyword options named like the CLI flags) and return the summary.
 
     ``module`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``data`` a loaded
     Dataset (then ``config.dataset`` only names it); both need the sim engine, whose learners
     live in this process. Writes metrics.jsonl, summary.json and checkpoint.pt into
-    ``config.out``. ``resume=RUN_DIR`` continues that run in place.
+    ``config.out``. ``resume=RUN_DIR`` continues that run in place. A learner rank under
+    torchrun returns None (rank 0 holds the summary).
     """
     config, checkpoint = resolve(config, options)
     if config.engine == "dist":
@@ -64,23 +65,6 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
         from .engines.launch import run_dist
 
         return run_dist(config, checkpoint)
+    from .engines.sim import run_sim
 
-    torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
-    dataset = data if data is not None else load_data(config)
-    batches_per_epoch(config, len(dataset.train_y))  # refuse a bad batch size before the run directory exists
-    config, out = open_run_dir(config, checkpoint)
-    run = build_run(config, out, module, dataset, checkpoint)
-    times = StepTimeModel(
-        step_time=config.step_time,
-        jitter=config.step_jitter,
-        speeds=config.learner_speeds or (1.0,) * config.learners,
-        bandwidth=config.bandwidth,
-        latency=config.latency,
-        message_bytes=config.message_bytes or run.learner.weights.numel() * run.learner.weights.element_size(),
-        seed=config.seed,
-    )
-    engine = SimEngine(run.server, run.learner, run.data, run.dataset.train_x, run.dataset.train_y, times, run.recorder, config.learners, config.checkpoint_every)
-    if checkpoint is not None:
-        engine.load_state_dict(checkpoint["engine"])
-    run.recorder.status = engine.run()
-    return run.recorder.finish(run.server, virtual_s=engine.now)
+    return run_sim(config, checkpoint, module, data)

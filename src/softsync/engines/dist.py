@@ -10,8 +10,7 @@ are a header read as int32 (a float32 slot holds any int32's bits exactly):
 A learner's model lives inside its two buffers (weights in the receive buffer, gradients in the
 send buffer), so a step copies nothing per parameter. The server reads each learner's messages on
 a thread of its own, so a lost learner is noticed at once without disturbing the others, and it
-answers pulls as the PullGate says: at once under n-softsync, after the round's update under
-hardsync. The semantics live in the ParameterServer, Learner and DataServer the sim engine uses.
+carries out what the coordinator decides, as the sim engine does: the semantics live there.
 """
 from __future__ import annotations
 
@@ -28,26 +27,17 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
-from ..build import Run, load_data, make_model
+from ..build import Components, load_data, make_model
+from ..checkpoint import Checkpointer
 from ..config import TrainConfig
+from ..coordinator import Coordinator, Outcome, Work
+from ..errors import RunError, ServerLost, SoftsyncError
 from ..learner import Learner
-from ..protocol import PullGate
-from . import checkpoint_due, end_epoch, save_checkpoint
+from ..models import count_parameters
 
 HEADER = 8
 PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
 LOSS_SLOT = 7
-
-
-class DistError(RuntimeError):
-    """A failure of the distributed run (a lost, hung or misbehaving peer); one line."""
-
-    exit_code = 1
-    reported = False  # True when a rank has already printed the cause
-
-
-class ServerLost(DistError):
-    """A learner lost its connection to the server: a consequence, which the server or the launcher reports."""
 
 
 def describe(learner: int) -> str:
@@ -71,15 +61,20 @@ def short(error: BaseException) -> str:
 
 
 class DistServer:
-    """Rank 0: answers pulls and applies pushes for λ learner ranks."""
+    """Rank 0: carries messages between λ learner ranks and the coordinator.
 
-    def __init__(self, run: Run, timeout: float, processes: list[dict] | None = None) -> None:
-        self.run = run
-        self.config = run.config
-        self.server, self.data, self.recorder = run.server, run.data, run.recorder
+    Each learner's messages are read on a thread of its own and handled under one lock; the main
+    thread only watches deadlines (a learner that owes a push for longer than --timeout is lost).
+    """
+
+    def __init__(self, parts: Components, timeout: float, processes: list[dict] | None = None) -> None:
+        self.config = parts.config
+        self.server, self.recorder = parts.server, parts.recorder
         self.timeout = timeout
+        self.coordinator = Coordinator(parts.server, parts.data, self.config.learners, self.end_epoch, self.config.checkpoint_every)
+        self.checkpointer: Checkpointer | None = None
         learners = self.config.learners
-        size = run.learner.weights.numel()
+        size = parts.learner.weights.numel()
         self.receive = [torch.empty(HEADER + size) for _ in range(learners)]
         self.outgoing = [torch.zeros(HEADER + self.config.batch_size + size) for _ in range(learners)]
         self.receive_headers = [int_header(buffer) for buffer in self.receive]
@@ -89,16 +84,9 @@ class DistServer:
         self.changed = threading.Condition(self.lock)
         self.failure: str | None = None
         self.started = False
-        self.gate = PullGate(self.server.protocol, learners)
-        self.active = set(range(learners))  # learners not yet told to stop, nor lost
-        self.parked: set[int] = set()  # learners with nothing to do until a lost mini-batch comes back
-        self.lost: set[int] = set()
+        self.lost: set[int] = set()  # in this session: they may never take their last message
         self.processes = processes or []  # processes.json's entries, to end a hung learner on this host
-        self.in_flight: dict[int, object] = {}  # learner -> Batch it is computing
-        self.sent_clock: dict[int, int] = {}  # learner -> timestamp of the weights it was sent
         self.deadline: dict[int, float] = {}  # learner -> when its push is overdue
-        self.stopping = False
-        self.status = "completed"
 
     # -- transport ---------------------------------------------------------------------------
     def read(self, learner: int) -> None:
@@ -113,45 +101,38 @@ class DistServer:
                 dist.recv(buffer, src=learner + 1)
             except Exception as error:  # gloo raises RuntimeError for closed or timed-out pairs
                 with self.lock:
-                    if learner in self.active:  # else: a stopped learner closing its connection
+                    if learner in self.coordinator.live:  # else: a stopped learner closing its connection
                         self.lose(learner, self.diagnose(learner, short(error)))
                 return
             with self.lock:
-                if self.failure is not None or learner not in self.active:
+                if self.failure is not None or learner not in self.coordinator.live:
                     return  # a lost learner that woke up: its mini-batch went to another
                 try:
                     self.handle(learner)
                 except Exception as error:
-                    self.fail(str(error) if isinstance(error, DistError) else f"while handling {describe(learner)}: {short(error)}")
+                    self.fail(str(error) if isinstance(error, SoftsyncError) else f"while handling {describe(learner)}: {short(error)}")
                     return
-                if learner not in self.active:
+                if learner not in self.coordinator.live:
                     return
 
     def diagnose(self, learner: int, error: str) -> str:
         """Name the learner at fault when ``learner``'s receive failed."""
         if "Timed out" not in error:
             return f"{describe(learner)} was lost: {error}"
-        if learner in self.gate.waiting and self.deadline:  # it was rightly silent: blame the one it waits for
-            learner = min(self.deadline, key=self.deadline.get)
+        if learner in self.coordinator.gate.waiting and self.deadline:  # it was rightly silent: blame the one it waits for
+            learner = min(self.deadline, key=self.deadline.__getitem__)
         return f"{describe(learner)} sent nothing for {self.timeout:g} s: it is hung or lost"
 
     def lose(self, learner: int, reason: str) -> None:
-        """Go on without a lost learner: its mini-batch goes to another, no update waits for it."""
-        self.active.discard(learner)
-        self.parked.discard(learner)
+        """Go on without a lost learner: the coordinator hands its mini-batch to another."""
         self.deadline.pop(learner, None)
         self.lost.add(learner)
-        batch = self.in_flight.pop(learner, None)
-        if batch is not None:
-            self.data.give_back(batch)
-        if not self.active:
-            self.fail(f"every learner was lost (the last: {reason}); the run directory keeps the last epoch's checkpoint")
+        outcome = self.coordinator.lose(learner)
+        if self.coordinator.finished:
+            self.fail(f"every learner was lost (the last: {reason}); the run directory keeps the last checkpoint")
             return
-        self.warn(f"{reason}; going on with {len(self.active)} learner(s)")
-        self.server.remove_learner(learner)  # applies the round's update if only the lost one was missing
-        for answered in self.gate.remove(learner):
-            self.answer(answered)
-        self.settle()
+        self.warn(f"{reason}; going on with {len(self.coordinator.live)} learner(s)")
+        self.carry_out(outcome)
 
     def end_hung(self, learner: int) -> None:
         """Kill a hung learner that runs on this host: its pending receive would otherwise time out
@@ -166,37 +147,13 @@ class DistServer:
     def warn(self, message: str) -> None:
         print(f"softsync: warning: {message}", file=sys.stderr, flush=True)
 
-    def reject(self, learner: int, problem: str) -> None:
-        """A message that breaks the protocol: count and log it, apply nothing, and carry on.
-
-        The learner's mini-batch goes back to the data server and the learner gets a fresh one.
-        """
-        self.server.rejected_gradients += 1
-        self.warn(f"rejected a message of {describe(learner)}: {problem}")
-        batch = self.in_flight.pop(learner, None)
-        if batch is not None:
-            self.data.give_back(batch)
-        for answered in self.gate.request(learner, hold=False):
-            self.answer(answered)
-
-    def settle(self) -> None:
-        """Give parked learners the mini-batches that came back; stop them once none can come back."""
-        while self.parked and self.data.reissue:
-            learner = min(self.parked)
-            self.parked.discard(learner)
-            self.answer(learner)
-        if self.parked and not self.in_flight:
-            for learner in sorted(self.parked):
-                self.stop(learner)
-            self.parked.clear()
-
     def fail(self, message: str) -> None:
         """Record the run's failure (the first one wins) and wake the main thread; call under the lock."""
         if self.failure is None:
             self.failure = message
         self.changed.notify_all()
 
-    def send(self, learner: int, kind: int, clock: int = 0, batch=None) -> None:
+    def send(self, learner: int, kind: int, work: Work | None = None) -> None:
         previous = self.sends[learner]
         if previous is not None:
             previous.wait()  # the learner has answered, so this finished long ago
@@ -204,119 +161,74 @@ class DistServer:
         header = self.outgoing_headers[learner]
         header[:] = 0
         header[0] = kind
-        if batch is not None:
-            header[1], header[2], header[3] = clock, batch.epoch, batch.index
+        if work is not None:
+            header[1], header[2], header[3] = work.timestamp, work.batch.epoch, work.batch.index
             size = self.config.batch_size
-            buffer[HEADER : HEADER + size].view(torch.int32).copy_(batch.samples)
+            buffer[HEADER : HEADER + size].view(torch.int32).copy_(work.batch.samples)
             buffer[HEADER + size :].copy_(self.server.weights)
         self.sends[learner] = dist.isend(buffer, dst=learner + 1)
 
-    # -- the server loop ---------------------------------------------------------------------
-    def answer(self, learner: int) -> None:
-        """Send ``learner`` the current weights and its next mini-batch, or tell it to stop."""
-        if learner not in self.active:  # already stopped (a release can reach it twice) or lost
-            return
-        batch = None if self.stopping else self.data.take()
-        if batch is None:
-            if self.in_flight and not self.stopping:  # one may come back, if its learner is lost
-                self.parked.add(learner)
-            else:
-                self.stop(learner)
-            return
-        self.in_flight[learner] = batch
-        self.sent_clock[learner] = self.server.clock
-        self.deadline[learner] = time.monotonic() + self.timeout
-        self.send(learner, WEIGHTS, self.server.clock, batch)
-
-    def stop(self, learner: int) -> None:
-        """Tell a learner that the run is over for it: from now on no update waits for it."""
-        self.send(learner, STOP)
-        self.active.discard(learner)
-        self.deadline.pop(learner, None)
-        if not self.active:
-            self.changed.notify_all()  # the main thread only needs waking for the end (or a failure)
-            return
-        self.server.remove_learner(learner)
-        for answered in self.gate.remove(learner):
-            self.answer(answered)
-
-    def stop_all(self, status: str) -> None:
-        self.status = status
-        self.stopping = True
-        for learner in sorted(self.gate.waiting | self.parked):
-            self.answer(learner)
-        self.gate.waiting.clear()
-        self.parked.clear()
-
+    # -- messages ----------------------------------------------------------------------------
     def handle(self, learner: int) -> None:
+        """One message of ``learner``, in its receive buffer: a pull or a push."""
         if not self.started:  # training starts with the first message: start-up is not timed
             self.started = True
             self.recorder.start_clock()
-        buffer = self.receive[learner]
         kind, sender, timestamp, epoch, index = self.receive_headers[learner][:5].tolist()
         self.deadline.pop(learner, None)
-        if self.stopping:
-            self.answer(learner)
-            return
-        batch = self.in_flight.get(learner)
-        problem = ""
         if sender != learner or kind not in (PULL, PUSH):
-            problem = f"a malformed header (kind {kind}, learner {sender})"
-        elif kind == PULL and batch is not None:
-            problem = f"a pull while computing mini-batch {batch.epoch}:{batch.index}"
-        elif kind == PUSH and batch is None:
-            problem = "a push without a mini-batch"
-        elif kind == PUSH and (epoch, index) != (batch.epoch, batch.index):
-            problem = f"a push of mini-batch {epoch}:{index}, it was given {batch.epoch}:{batch.index}"
-        elif kind == PUSH and timestamp != self.sent_clock[learner]:
-            problem = f"a push with timestamp {timestamp}, its weights had timestamp {self.sent_clock[learner]}"
-        if problem:
-            self.reject(learner, problem)
-            return
-        if kind == PULL:
-            for answered in self.gate.request(learner):
-                self.answer(answered)
-            return
-        del self.in_flight[learner]
-        result = self.server.push(buffer[HEADER:], timestamp, learner)
-        if not result.accepted:
-            self.warn(f"rejected a gradient of {describe(learner)}: {result.reason}")
-        loss = float(float_header(buffer)[LOSS_SLOT])
-        if self.recorder.gradient(batch.epoch, loss, result.accepted, self.config.learners):
-            self.stop_all("diverged")
-            self.answer(learner)
-            return
-        if not result.accepted:
-            self.data.give_back(batch)
-        # the epoch ends before anyone is answered: evaluation pauses training, so it is not timed
-        for epoch in self.data.complete(batch) if result.accepted else []:
-            paused = time.monotonic()
-            diverged = end_epoch(self.server, self.data, self.recorder, epoch, self.engine_state())
-            pause = time.monotonic() - paused
-            for other in self.deadline:  # evaluation paused the server, not the learners' duty to answer
-                self.deadline[other] += pause
-            if diverged:
-                self.stop_all("diverged")
-                self.answer(learner)
-                return
-        if checkpoint_due(self.server, self.config.checkpoint_every, result.updated):
-            save_checkpoint(self.server, self.data, self.recorder, self.engine_state())
-        for answered in self.gate.request(learner, hold=result.accepted):
-            self.answer(answered)
-        self.settle()
+            outcome = self.coordinator.reject(learner, f"a malformed header (kind {kind}, learner {sender})")
+        elif kind == PULL:
+            outcome = self.coordinator.pull(learner)
+        else:
+            loss = float(float_header(self.receive[learner])[LOSS_SLOT])
+            outcome = self.coordinator.push(learner, self.receive[learner][HEADER:], timestamp, epoch, index, loss)
+            if outcome.accepted:
+                self.recorder.gradient_applied()
+        if outcome.rejected:
+            what = "a gradient" if outcome.rejected_gradient else "a message"
+            self.warn(f"rejected {what} of {describe(learner)}: {outcome.rejected}")
+        self.carry_out(outcome)
 
-    def engine_state(self) -> dict:
-        """What a checkpoint needs of the dist engine: the mini-batches being computed, to hand out again."""
-        return {"reissue": [(b.epoch, b.index) for b in self.in_flight.values()]}
+    def carry_out(self, outcome: Outcome) -> None:
+        """Answer, stop, then checkpoint (which records the answers' mini-batches, to hand out again)."""
+        for learner, work in outcome.answers:
+            self.deadline[learner] = time.monotonic() + self.timeout
+            self.send(learner, WEIGHTS, work)
+        for learner in outcome.stops:
+            self.deadline.pop(learner, None)
+            self.send(learner, STOP)
+        if outcome.checkpoint and self.checkpointer is not None:
+            self.checkpointer.save(self.coordinator.data.ended)
+        if self.coordinator.finished:
+            self.changed.notify_all()  # the main thread only needs waking for the end (or a failure)
 
+    def end_epoch(self, epoch: int, train_loss: float) -> float:
+        """Evaluate (under the lock: training pauses, so it is not timed) and record the epoch."""
+        paused = time.monotonic()
+        test_loss = self.recorder.epoch_end(epoch, train_loss, self.server)
+        pause = time.monotonic() - paused
+        for learner in self.deadline:  # evaluation paused the server, not the learners' duty to answer
+            self.deadline[learner] += pause
+        return test_loss
+
+    def state_dict(self) -> dict:
+        """Nothing: a resumed dist run has new learner processes (Coordinator.restart_learners)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coordinator.restart_learners()
+
+    # -- the server loop ---------------------------------------------------------------------
     def serve(self) -> str:
         """Run until every learner has been told to stop; returns the run's status."""
-        readers = [threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(self.config.learners)]
+        learners = self.config.learners
+        readers = [threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(learners)]
         for reader in readers:
             reader.start()
         first_deadline = time.monotonic() + self.timeout  # every learner's first pull
         with self.lock:
-            while self.active and self.failure is None:
+            while not self.coordinator.finished and self.failure is None:
                 now = time.monotonic()
                 due = min(self.deadline.values(), default=first_deadline if not self.started else now + self.timeout)
                 if now >= due and not self.started:
@@ -325,17 +237,17 @@ class DistServer:
                 for late in [l for l, t in self.deadline.items() if t <= now]:
                     self.lose(late, f"{describe(late)} sent nothing for {self.timeout:g} s: it is hung or lost")
                     self.end_hung(late)
-                if self.active and self.failure is None:
+                if not self.coordinator.finished and self.failure is None:
                     due = min(self.deadline.values(), default=now + self.timeout)
                     self.changed.wait(timeout=max(0.0, due - time.monotonic()))
             if self.failure is not None:
-                raise DistError(self.failure)
+                raise RunError(self.failure)
         for learner, work in enumerate(self.sends):
             if work is not None and learner not in self.lost:  # a lost learner may never take its last message
                 work.wait()
         for reader in readers:  # they end once their learner is stopped (a hung one's ends at its timeout)
             reader.join(timeout=1.0)
-        return self.status
+        return self.coordinator.status
 
 
 class DistLearner:
@@ -347,7 +259,7 @@ class DistLearner:
         self.learner_id = learner_id
         self.dataset = load_data(config)
         model = make_model(config, self.dataset)
-        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        size = count_parameters(model)
         self.inbox = torch.empty(HEADER + config.batch_size + size)
         self.outbox = torch.zeros(HEADER + size)
         self.learner = Learner(model, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:])
@@ -367,7 +279,7 @@ class DistLearner:
             if kind == STOP:
                 return
             if kind != WEIGHTS:
-                raise DistError(f"the server sent a malformed header (kind {kind})")
+                raise RunError(f"the server sent a malformed header (kind {kind})")
             started = time.perf_counter()
             batch = self.samples.long()
             _, loss = self.learner.gradient(self.learner.weights, train_x[batch], train_y[batch])
@@ -401,4 +313,4 @@ def init(config: TrainConfig, rank: int, world: int) -> None:
         store = dist.PrefixStore(f"softsync/attempt-{attempt}/", store)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     except Exception as error:
-        raise DistError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
+        raise RunError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None

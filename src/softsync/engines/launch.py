@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..build import batches_per_epoch, build_run, load_data
-from ..config import ConfigError, TrainConfig, make_config
-from ..datasets import DataError
-from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
-from .dist import DistError, DistLearner, DistServer, ServerLost, init, short
+from ..build import batches_per_epoch, build_components, load_data
+from ..checkpoint import Checkpointer, load_checkpoint
+from ..config import TrainConfig, make_config
+from ..errors import ConfigError, RunError, ServerLost, UserError
+from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
+from .dist import DistLearner, DistServer, init, short
 
-PROCESSES = "processes.json"
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
 SUPERVISED = "SOFTSYNC_SUPERVISED"  # set for locally launched ranks: the supervisor reports consequences
 
@@ -51,13 +51,11 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         # every rank loads its data and model before the rendezvous, all at once
         if rank == 0:
             torch.set_num_threads(1)
-            if prepared:
+            if prepared:  # a local launch: the launcher holds the run directory's lock
                 out = Path(config.out)
-            else:
-                config, out = open_run_dir(config, checkpoint)
-            run = build_run(config, out, checkpoint=checkpoint)
-            if checkpoint is not None:  # mini-batches that were being computed when it was written
-                run.data.reissue.extend(tuple(item) for item in checkpoint["engine"].get("reissue", []))
+            else:  # torchrun: this rank holds the lock for the life of the process
+                config, out, _lock = open_run_dir(config, checkpoint)
+            parts = build_components(config, out)
         else:
             learner = DistLearner(config, rank - 1)
         init(config, rank, world)
@@ -70,9 +68,15 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             return None
         listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
         atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
-        server = DistServer(run, config.timeout, listing)
-        run.recorder.status = server.serve()
-        summary = run.recorder.finish(run.server, learner_failures=len(server.lost))
+        server = DistServer(parts, config.timeout, listing)
+        server.checkpointer = Checkpointer(out, config, {
+            "server": parts.server, "data": parts.data, "coordinator": server.coordinator,
+            "engine": server, "recorder": parts.recorder,
+        })
+        if checkpoint is not None:
+            server.checkpointer.restore(checkpoint)
+        status = server.serve()
+        summary = parts.recorder.finish(parts.server, status, server.coordinator.learner_failures)
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()
         return summary
@@ -81,7 +85,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             (out / PROCESSES).unlink(missing_ok=True)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             code = 130
-        elif isinstance(error, (ConfigError, DataError, RunDirError)):
+        elif isinstance(error, UserError):
             code = 2
             print(f"softsync: error: {error}", file=sys.stderr)
         else:
@@ -100,7 +104,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Wait for the server to finish; raise DistError if it fails.
+    """Wait for the server to finish; raise RunError if it fails.
 
     Learners may die: the server notices, goes on without them and counts them in
     learner_failures. Rank 0 prints the cause of a failure (exit codes 1 and 2); only a server
@@ -109,7 +113,7 @@ def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
     server = processes[0]
     code = server.wait()
     if code != 0:
-        error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
+        error = RunError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
         error.reported = code in (1, 2)
         raise error
@@ -142,7 +146,7 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         return run_rank(config, checkpoint, prepared=False)
     # bad data or batch size: exit 2 before any process starts or the run directory exists
     batches_per_epoch(config, len(load_data(config).train_y))
-    config, out = open_run_dir(config, checkpoint)
+    config, out, lock = open_run_dir(config, checkpoint)
     world = config.learners + 1
     environment = {
         **os.environ,
@@ -163,6 +167,7 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         end_all(processes)
         restore()
         (out / PROCESSES).unlink(missing_ok=True)  # a rank stopped by a signal could not remove it
+        lock.release()
     return json.loads((out / SUMMARY).read_text())
 
 
@@ -195,7 +200,7 @@ def worker_main() -> int:
     try:
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
         checkpoint = load_checkpoint(config.out) if config.resume and os.environ.get("RANK") == "0" else None
-    except (ConfigError, RunDirError) as error:
+    except UserError as error:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2
     run_rank(config, checkpoint, prepared=True)

@@ -4,10 +4,11 @@ Each learner loops pull → compute → push. Step times come from a seeded mode
 time (base × jitter ÷ the learner's speed factor) and transfers that queue on the server's
 single link (bytes ÷ bandwidth + latency), which is where a parameter server saturates.
 
-A pull is instantaneous in virtual time, so the learner's gradient is computed right at its
-pull, on the server's weights of that moment (the weights it pulled), and held until its push
-event: the same result as keeping a snapshot per learner, without copying the weights λ times.
-Events at equal times run in the order they were scheduled, so a seed fixes the run exactly.
+A pull is instantaneous in virtual time, so a learner's gradient is computed the moment the
+coordinator answers it, on the server's weights of that moment (the weights it pulled), and held
+until its push event: the same result as keeping a snapshot per learner, without copying the
+weights λ times. Events at equal times run in the order they were scheduled, so a seed fixes the
+run exactly.
 """
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from ..data import Batch, DataServer
-from ..learner import Learner
-from ..protocol import PullGate
-from ..server import ParameterServer
-from . import checkpoint_due, end_epoch, save_checkpoint
+from ..build import Components, batches_per_epoch, build_components, load_data
+from ..checkpoint import Checkpointer
+from ..config import TrainConfig
+from ..coordinator import Coordinator, Outcome, Work
+from ..datasets import Dataset
+from ..rundir import open_run_dir
 
-PULL, PUSH_SEND, PUSH_ARRIVE = 0, 1, 2
+PUSH_SEND, PUSH_ARRIVE = 1, 2  # a learner's gradient is computed and leaves / reaches the server
 
 
 @dataclass
@@ -43,6 +46,19 @@ class StepTimeModel:
         # one stream per learner: adding a learner does not change the others' times
         self.rngs = [random.Random(f"softsync-{self.seed}-{learner}") for learner in range(len(self.speeds))]
 
+    @classmethod
+    def from_config(cls, config: TrainConfig, weights: torch.Tensor) -> StepTimeModel:
+        """The --step-time, --step-jitter, --learner-speeds, --bandwidth, --latency and --message-bytes of a run."""
+        return cls(
+            step_time=config.step_time,
+            jitter=config.step_jitter,
+            speeds=config.learner_speeds or (1.0,) * config.learners,
+            bandwidth=config.bandwidth,
+            latency=config.latency,
+            message_bytes=config.message_bytes or weights.numel() * weights.element_size(),
+            seed=config.seed,
+        )
+
     def compute_time(self, learner: int) -> float:
         noise = 1.0 + self.jitter * self.rngs[learner].gauss(0.0, 1.0)
         return self.step_time * max(0.05, noise) / self.speeds[learner]
@@ -53,33 +69,28 @@ class StepTimeModel:
 
 
 @dataclass
-class InFlight:
-    batch: Batch
-    timestamp: int
+class Held:
+    """A gradient computed at its learner's pull, held until its push reaches the server."""
+
     gradient: torch.Tensor
     loss: float
 
 
 class SimEngine:
-    """Runs the learner loop of DESIGN §1 on one ParameterServer in virtual time."""
+    """Runs the learner loop on the coordinator in virtual time."""
 
-    def __init__(self, server: ParameterServer, learner: Learner, data: DataServer, train_x: torch.Tensor, train_y: torch.Tensor, times: StepTimeModel, recorder, learners: int, checkpoint_every: int = 0) -> None:
-        self.server = server
-        self.learner = learner
-        self.data = data
-        self.train_x, self.train_y = train_x, train_y
+    def __init__(self, parts: Components, times: StepTimeModel) -> None:
+        config = parts.config
+        self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
+        self.train_x, self.train_y = parts.dataset.train_x, parts.dataset.train_y
         self.times = times
-        self.recorder = recorder
-        self.learners = learners
-        self.checkpoint_every = checkpoint_every
+        self.coordinator = Coordinator(parts.server, parts.data, config.learners, self.end_epoch, config.checkpoint_every)
+        self.checkpointer: Checkpointer | None = None
         self.now = 0.0
         self.link_free = 0.0  # when the server's link finishes its queued transfers
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
         self.sequence = 0
-        self.in_flight: dict[int, InFlight] = {}
-        self.gate = PullGate(server.protocol, learners)
-        self.finished = False
-        self.diverged = False
+        self.held: dict[int, Held] = {}
 
     def schedule(self, time: float, kind: int, learner: int) -> None:
         heapq.heappush(self.events, (time, self.sequence, kind, learner))
@@ -93,46 +104,40 @@ class SimEngine:
 
     def run(self) -> str:
         """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
-        if not self.events:  # a new run, or a finished one given more epochs
-            for learner in range(self.learners):
-                self.schedule(self.now, PULL, learner)
-        while self.events and not self.finished:
+        self.carry_out(self.coordinator.start())
+        while self.events and not self.coordinator.stopping:
             self.now, _, kind, learner = heapq.heappop(self.events)
-            if kind == PULL:
-                self.pull(learner)
-            elif kind == PUSH_SEND:
+            if kind == PUSH_SEND:
                 self.schedule(self.transfer(), PUSH_ARRIVE, learner)
             else:
                 self.push(learner)
-        return "diverged" if self.diverged else "completed"
-
-    def pull(self, learner: int) -> None:
-        weights, timestamp = self.server.pull()
-        batch = self.data.take()
-        if batch is None:
-            return  # every epoch handed out: this learner is done
-        gradient, loss = self.learner.gradient(weights, self.train_x[batch.samples], self.train_y[batch.samples])
-        self.in_flight[learner] = InFlight(batch, timestamp, gradient.clone(), loss)
-        compute_start = self.transfer()
-        self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
+        return self.coordinator.status
 
     def push(self, learner: int) -> None:
-        work = self.in_flight.pop(learner)
-        result = self.server.push(work.gradient, work.timestamp, learner)
-        if self.recorder.gradient(work.batch.epoch, work.loss, result.accepted, self.learners):
-            self.diverged = self.finished = True
-            return
-        if not result.accepted:
-            self.data.give_back(work.batch)
-        for answered in self.gate.request(learner, hold=result.accepted):
-            self.schedule(self.now, PULL, answered)
-        # last, so that the epoch's checkpoint holds this learner's next pull
-        for epoch in self.data.complete(work.batch) if result.accepted else []:
-            if end_epoch(self.server, self.data, self.recorder, epoch, self.state_dict(), self.now):
-                self.diverged = self.finished = True
-                return
-        if checkpoint_due(self.server, self.checkpoint_every, result.updated):
-            save_checkpoint(self.server, self.data, self.recorder, self.state_dict())
+        held = self.held.pop(learner)
+        work = self.coordinator.in_flight[learner]
+        outcome = self.coordinator.push(learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss)
+        if outcome.accepted:
+            self.recorder.gradient_applied()
+        self.carry_out(outcome)
+
+    def carry_out(self, outcome: Outcome) -> None:
+        """Answered learners compute now; then the checkpoint, which holds their gradients. A stopped learner has
+        nothing more to do."""
+        for learner, work in outcome.answers:
+            self.compute(learner, work)
+        if outcome.checkpoint and self.checkpointer is not None:
+            self.checkpointer.save(self.coordinator.data.ended)
+
+    def compute(self, learner: int, work: Work) -> None:
+        samples = work.batch.samples
+        gradient, loss = self.learner.gradient(self.server.weights, self.train_x[samples], self.train_y[samples])
+        self.held[learner] = Held(gradient.clone(), loss)
+        compute_start = self.transfer()  # the weights reach the learner
+        self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
+
+    def end_epoch(self, epoch: int, train_loss: float) -> float:
+        return self.recorder.epoch_end(epoch, train_loss, self.server, virtual_s=self.now)
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
@@ -141,26 +146,36 @@ class SimEngine:
             "link_free": self.link_free,
             "events": list(self.events),
             "sequence": self.sequence,
-            "in_flight": {
-                learner: {"epoch": w.batch.epoch, "index": w.batch.index, "samples": w.batch.samples,
-                          "timestamp": w.timestamp, "gradient": w.gradient.clone(), "loss": w.loss}
-                for learner, w in self.in_flight.items()
-            },
-            "waiting": sorted(self.gate.waiting),
+            "held": {learner: {"gradient": h.gradient.clone(), "loss": h.loss} for learner, h in self.held.items()},
             "rngs": [rng.getstate() for rng in self.times.rngs],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``; with no queued events (a finished run), learners start afresh."""
         self.now = state["now"]
         self.link_free = state["link_free"]
         self.events = [tuple(event) for event in state["events"]]
         heapq.heapify(self.events)
         self.sequence = state["sequence"]
-        self.in_flight = {
-            int(learner): InFlight(Batch(w["epoch"], w["index"], w["samples"]), w["timestamp"], w["gradient"], w["loss"])
-            for learner, w in state["in_flight"].items()
-        }
-        self.gate.waiting = set(state["waiting"])
-        for rng, rng_state in zip(self.times.rngs, state["rngs"]):
+        self.held = {int(learner): Held(h["gradient"], h["loss"]) for learner, h in state["held"].items()}
+        for rng, rng_state in zip(self.times.rngs, state["rngs"], strict=True):
             rng.setstate(rng_state)
+
+
+def run_sim(config: TrainConfig, checkpoint: dict | None, module: nn.Module | None = None, dataset: Dataset | None = None) -> dict:
+    """`softsync train --engine sim`: the whole run in this process; returns the summary."""
+    torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    dataset = dataset if dataset is not None else load_data(config)
+    batches_per_epoch(config, len(dataset.train_y))  # refuse a bad batch size before the run directory exists
+    config, out, lock = open_run_dir(config, checkpoint)
+    with lock:
+        parts = build_components(config, out, module, dataset)
+        engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
+        checkpointer = Checkpointer(out, config, {
+            "server": parts.server, "data": parts.data, "coordinator": engine.coordinator,
+            "engine": engine, "recorder": parts.recorder,
+        })
+        if checkpoint is not None:
+            checkpointer.restore(checkpoint)
+        engine.checkpointer = checkpointer
+        status = engine.run()
+        return parts.recorder.finish(parts.server, status, engine.coordinator.learner_failures, virtual_s=engine.now)

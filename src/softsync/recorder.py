@@ -1,0 +1,137 @@
+"""The Recorder turns a run's events (a gradient arrived, an epoch ended, the run ended) into
+metrics.jsonl, summary.json and the progress bar, so that both engines write the same outputs.
+
+It records; it decides nothing (the coordinator holds the divergence rule, the checkpointer the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .rundir import METRICS, SUMMARY, atomic_write_bytes
+from .server import ParameterServer
+
+
+def json_number(value: float | None) -> float | None:
+    """A float for a JSON file: non-finite values (a diverged loss) become null, never `Infinity`."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Recorder:
+    """Per-epoch metrics, the progress bar and the final summary of one run."""
+
+    def __init__(
+        self, out: Path, config: Any, evaluate: Callable[[], tuple[float, float]], total_gradients: int, quiet: bool = False
+    ) -> None:
+        self.out = out
+        self.config = config
+        self.evaluate = evaluate
+        self.started = time.perf_counter()
+        self.wall_offset = 0.0  # wall time of earlier sessions of a resumed run
+        self.epoch_end_s = 0.0  # time spent evaluating and checkpointing: not training
+        self.last_test_error: float | None = None
+        self.staleness_seen = (0, 0)  # (count, Σ τ) at the previous epoch end
+        self.progress = tqdm(total=total_gradients, unit="grad", disable=quiet, dynamic_ncols=True, leave=False)
+        self.pending_progress = 0
+
+    def start_clock(self) -> None:
+        """Training starts now (the dist server calls this on the first message: process start-up is not training)."""
+        self.started = time.perf_counter()
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.started
+
+    def gradient_applied(self) -> None:
+        """One more gradient applied: the progress bar moves (every 64, to stay off the hot path)."""
+        self.pending_progress += 1
+        if self.pending_progress >= 64:
+            self.progress.update(self.pending_progress)
+            self.pending_progress = 0
+
+    def epoch_end(self, epoch: int, train_loss: float, server: ParameterServer, virtual_s: float | None = None) -> float:
+        """Evaluate and append the epoch's record to metrics.jsonl; returns the test loss."""
+        paused = time.perf_counter()
+        test_loss, test_error = self.evaluate()
+        histogram = server.stats.histogram
+        seen_count = sum(histogram.values())
+        seen_sum = sum(t * k for t, k in histogram.items())
+        new = seen_count - self.staleness_seen[0]
+        staleness_mean = (seen_sum - self.staleness_seen[1]) / new if new else 0.0
+        self.staleness_seen = (seen_count, seen_sum)
+        record = {
+            "epoch": epoch + 1,
+            "updates": server.clock,
+            "gradients": server.accepted_gradients,
+            "samples": server.accepted_gradients * self.config.batch_size,
+            "wall_s": round(self.wall_s, 4),
+            "lr": server.lr,
+            "train_loss": json_number(train_loss),
+            "test_loss": json_number(test_loss),
+            "test_error": json_number(test_error),
+            "staleness_mean": staleness_mean,
+        }
+        if virtual_s is not None:
+            record["virtual_s"] = json_number(virtual_s)
+        with open(self.out / METRICS, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.last_test_error = test_error
+        self.epoch_end_s += time.perf_counter() - paused
+        self.progress.update(self.pending_progress)
+        self.pending_progress = 0
+        self.progress.set_postfix(
+            epoch=f"{epoch + 1}/{self.config.epochs}",
+            updates=server.clock,
+            staleness=f"{staleness_mean:.2f}",
+            test_error=f"{test_error:.4f}",
+        )
+        return test_loss
+
+    def state_dict(self) -> dict:
+        return {
+            "wall_s": self.wall_s,
+            "epoch_end_s": self.epoch_end_s,
+            "staleness_seen": self.staleness_seen,
+            "last_test_error": self.last_test_error,
+            "progress": self.progress.n + self.pending_progress,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wall_offset = state["wall_s"]
+        self.epoch_end_s = state["epoch_end_s"]
+        self.started = time.perf_counter()
+        self.staleness_seen = tuple(state["staleness_seen"])
+        self.last_test_error = state["last_test_error"]
+        self.progress.update(state["progress"])
+
+    def finish(self, server: ParameterServer, status: str, learner_failures: int = 0, virtual_s: float | None = None) -> dict:
+        """Write summary.json and return it."""
+        self.progress.close()
+        wall = self.wall_s
+        samples = server.accepted_gradients * self.config.batch_size
+        elapsed = virtual_s if virtual_s is not None else wall - self.epoch_end_s
+        summary = {
+            "config": self.config.resolved(),
+            "status": status,
+            "test_error": json_number(self.last_test_error),
+            "updates": server.clock,
+            "gradients": server.accepted_gradients,
+            "rejected_gradients": server.rejected_gradients,
+            "learner_failures": learner_failures,
+            "samples": samples,
+            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+            "wall_s": round(wall, 4),
+            "epoch_end_s": round(self.epoch_end_s, 4),
+            "staleness": server.stats.summary(),
+        }
+        if virtual_s is not None:
+            summary["virtual_s"] = json_number(virtual_s)
+            summary["wall_samples_per_s"] = samples / wall if wall > 0 else 0.0
+        atomic_write_bytes(self.out / SUMMARY, lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+        return summary
