@@ -292,3 +292,37 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
     assert summary["gradients"] == summary["updates"] == 2 * (2048 // 16)
     logged = results[0][1]
     assert logged.count("rejected a") == logged.count("of learner 0 (rank 1)") == len(FAULTS) and "Traceback" not in logged, logged
+
+
+def test_a_run_resumed_after_losing_a_learner_runs_the_protocol_with_every_learner_it_starts(tmp_path):
+    """Issue 9 item 1: the checkpoint written after a loss must not make the resumed run count fewer learners
+    than it starts (hardsync would then reject pushes as 'twice in one round' and apply stale gradients)."""
+    out = tmp_path / "run"
+    process, processes = start(out, "--learners", "3", "--protocol", "hardsync", "--epochs", "30", "--timeout", "30",
+                               "--checkpoint-every", "10", "--learner-speeds", "0.3,0.3,0.3")
+    try:
+        os.kill(next(p for p in processes if p["rank"] == 3)["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # a checkpoint written after the loss
+            assert time.monotonic() < deadline and process.poll() is None
+            if (out / "checkpoint.pt").exists():
+                saved = torch.load(out / "checkpoint.pt", weights_only=False)
+                if saved["coordinator"]["learner_failures"] == 1:
+                    break
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert_all_gone(processes)
+    resumed = train(resume=str(out), epochs=saved["epoch"] + 1, quiet=True)
+    assert resumed["status"] == "completed" and resumed["learner_failures"] == 1  # counted across the resume
+    assert resumed["rejected_gradients"] == 0
+    assert set(resumed["staleness"]["histogram"]) == {"0"}  # hardsync: τ = 0, always
+    per_epoch = (2048 // (16 * 3)) * 3
+    assert resumed["gradients"] == (saved["epoch"] + 1) * per_epoch
+    # from the checkpoint on, every round has all three learners: one update per three gradients (and one more
+    # if a round cut by the checkpoint was applied at the restart)
+    resumed_gradients = resumed["gradients"] - saved["server"]["accepted_gradients"]
+    assert resumed["updates"] - saved["server"]["clock"] - resumed_gradients // 3 in (0, 1)

@@ -8,7 +8,7 @@ from softsync import train
 from softsync.data import DataServer, epoch_permutation
 from softsync.models import build_model
 
-from helpers import Interrupt, crash_after_checkpoint, final_weights
+from helpers import Interrupt, crash_after_checkpoint, final_weights, metrics
 
 COMMON = dict(dataset="synthetic", quiet=True)
 
@@ -235,3 +235,16 @@ def test_the_servers_link_bounds_throughput(tmp_path, synthetic, learners):
                   step_time=step, step_jitter=0.0, latency=0.0, bandwidth=1e8, message_bytes=400_000)
     per_gradient = step + 2 * transfer if learners == 1 else 2 * transfer
     assert summary["samples_per_s"] == pytest.approx(16 / per_gradient, rel=0.03)
+
+
+def test_a_finished_run_given_more_epochs_keeps_its_protocols_staleness(tmp_path, synthetic):
+    """Issue 9 item 2: every learner takes part in the added epochs (they were idle at the end of the run)."""
+    options = dict(protocol="2-softsync", learners=5, batch_size=8, model="mlp", seed=9)
+    out, first = run(tmp_path, "short", synthetic, epochs=1, **options)
+    train(data=synthetic, resume=str(out), epochs=2)
+    records = metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0]["staleness_mean"] > 1.5 and records[1]["staleness_mean"] == pytest.approx(
+        records[0]["staleness_mean"], abs=0.25)
+    # five learners, not one: the second epoch takes about as long in virtual time as the first
+    assert records[1]["virtual_s"] - records[0]["virtual_s"] == pytest.approx(records[0]["virtual_s"], rel=0.25)
