@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN_OUT ?= runs/make-run-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test bench experiments clean
+.PHONY: setup run test test-quick lint bench experiments clean
 
 setup: $(STAMP) data
 
@@ -32,6 +32,16 @@ run: setup
 
 test: setup
 	$(PYTHON) -m pytest tests
+
+# the quick loop: everything but the tests marked slow
+test-quick: setup
+	$(PYTHON) -m pytest tests -m "not slow"
+
+# ruff (lint and format, line length 120) and mypy over src/, configured in pyproject.toml; CI runs it first
+lint: setup
+	$(VENV)/bin/ruff check src tests bench experiments
+	$(VENV)/bin/ruff format --check src tests bench experiments
+	$(VENV)/bin/mypy
 
 # each benchmark prints ratios measured side by side in one run; figures in docs/benchmarks.md
 bench: setup

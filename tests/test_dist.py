@@ -239,7 +239,7 @@ def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     torchrun = subprocess.Popen(
         [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", "3", "--max-restarts", "1", "--monitor-interval", "0.1",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-         "-m", "softsync.dist", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
+         "-m", "softsync.torchrun", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
          "--protocol", "async", "--epochs", "20", "--checkpoint-every", "20",
          "--timeout", "60", "--quiet", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)

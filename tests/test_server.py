@@ -1,4 +1,4 @@
-"""The parameter-server core against the update rule of DESIGN §1, by hand."""
+"""The parameter-server core against the update rule of docs/design.md §1, by hand."""
 import math
 
 import pytest

@@ -3,7 +3,7 @@
 It knows no transport and no time. An engine reports each event (a learner asks for weights, pushes a
 gradient, is lost) and carries out the returned Outcome: send these learners the weights of ``Work.timestamp``
 with this mini-batch, tell these to stop, write a checkpoint. Both engines drive it, so a run means the same
-thing under sim and dist (docs/design.md, "The coordinator").
+thing under sim and dist (docs/design.md §2).
 
 The order of operations on a push, the same under both engines:
 

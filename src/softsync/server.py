@@ -1,7 +1,7 @@
 """The parameter-server core: weights, clock, gradient buffer and the update rule.
 
 It knows nothing about transport or time: engines call ``pull`` and ``push`` in the order
-events happen (the coordinator does, for both engines). On each update (docs/design.md, "The update")
+events happen (the coordinator does, for both engines). On each update (docs/design.md §1)
 
     G = (1/|B|) · Σ_l (α(τ_l)/α0) · g_l,   τ_l = i − j_l
     torch.optim.SGD.step(G) at lr α0 · schedule(epoch);  i ← i + 1
