@@ -160,5 +160,6 @@ def test_any_config_values_give_a_config_or_one_line_config_error(values):
         config = make_config(**values)
     except ConfigError as error:
         assert "\n" not in str(error) and str(error)
-    else:
+    else:  # an accepted config survives the trip through config.json and --resume unchanged
         assert isinstance(config, TrainConfig)
+        assert make_config(**json.loads(json.dumps(config.resolved()))) == config
