@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from softsync.datasets import load_dataset
-from softsync.models import build_model
+from softsync.engines.launch import free_port
+from softsync.models import build_model, count_parameters
 
 
 def alexnet(classes: int = 1000) -> nn.Module:
@@ -71,14 +72,6 @@ def ping_pong(rank: int, port: int, sizes: list[int], repeats: int, results) -> 
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -88,10 +81,10 @@ def main() -> None:
 
     data = load_dataset("fashion-mnist", seed=0)
     small = build_model("paper-cifar10", data.input_shape, data.num_classes, seed=0)
-    small_params = sum(p.numel() for p in small.parameters())
+    small_params = count_parameters(small)
     small_s = gradient_seconds(small, data.train_x[: args.batch_size], data.train_y[: args.batch_size], repeats=50)
     big = alexnet()
-    big_params = sum(p.numel() for p in big.parameters())
+    big_params = count_parameters(big)
     images = torch.randn(args.batch_size, 3, 224, 224)
     big_s = gradient_seconds(big, images, torch.randint(0, 1000, (args.batch_size,)), repeats=3)
 
