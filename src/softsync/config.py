@@ -46,7 +46,7 @@ class TrainConfig:
     lr_gamma: float = _opt(0.1, "factor of each learning-rate step")
     epochs: int = _opt(5, "epochs to train")
     dataset: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10 or synthetic")
-    data_dir: str | None = _opt(None, "where the dataset files are (default: $SOFTSYNC_DATA, then /usr/share/datasets/<name>)")
+    data_dir: str | None = _opt(None, "where the dataset files are: this directory or its <name>/ subdirectory, nowhere else (without it: $SOFTSYNC_DATA, then /usr/share/datasets/fashion-mnist for Fashion-MNIST)")
     synthetic_size: int = _opt(2048, "training samples of the synthetic dataset")
     model: str = _opt("cnn-small", "paper-cifar10, cnn-small, cnn-bench, mlp or logreg")
     seed: int = _opt(0, "seed of the weights, the data order and the simulated step times")
