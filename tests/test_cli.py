@@ -60,6 +60,15 @@ def test_missing_data_says_how_to_get_it(capsys, tmp_path, monkeypatch):
     assert "mnist" in line.lower() and "--data-dir" in line
 
 
+def test_an_empty_test_set_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    """Issue 9 item 8: --synthetic-size 3 leaves no test sample; it printed "test error 0.0000"."""
+    out = tmp_path / "run"
+    line = fails_with_one_line(["train", "--dataset", "synthetic", "--synthetic-size", "3", "--batch-size", "1",
+                                "--learners", "1", "--quiet", "--out", str(out)], capsys)
+    assert "no test samples" in line
+    assert not out.exists()
+
+
 def test_config_file_values_and_flag_override(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 2\nprotocol = "async"\nepochs = 1\nbatch-size = 64\nquiet = true\nlr-steps = [1]\n')

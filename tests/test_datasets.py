@@ -338,6 +338,18 @@ def test_synthetic_is_learnable():
     assert accuracy > 0.85
 
 
+def test_a_dataset_without_test_samples_is_refused(tmp_path):
+    """Issue 9 item 8: no test samples would report a perfect test error of 0; refuse instead."""
+    with pytest.raises(DataError, match="--synthetic-size 3") as e:
+        load_dataset("synthetic", synthetic_size=3)  # the test set is a quarter of it: none
+    assert "\n" not in str(e.value)
+    assert len(load_dataset("synthetic", synthetic_size=4).test_y) == 1
+    make_mnist(tmp_path, n_test=0)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte") as e:
+        load_dataset("mnist", tmp_path)
+    assert "no test samples" in str(e.value)
+
+
 def test_synthetic_has_no_data_dir():
     with pytest.raises(DataError):
         resolve_data_dir("synthetic", None)

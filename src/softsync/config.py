@@ -47,7 +47,7 @@ class TrainConfig:
     epochs: int = _opt(5, "epochs to train")
     dataset: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10 or synthetic")
     data_dir: str | None = _opt(None, "where the dataset files are: this directory or its <name>/ subdirectory, nowhere else (without it: $SOFTSYNC_DATA, then /usr/share/datasets/fashion-mnist for Fashion-MNIST)")
-    synthetic_size: int = _opt(2048, "training samples of the synthetic dataset")
+    synthetic_size: int = _opt(2048, "training samples of the synthetic dataset; its test set is a quarter as many, so at least 4")
     model: str = _opt("cnn-small", "paper-cifar10, cnn-small, cnn-bench, mlp or logreg")
     seed: int = _opt(0, "seed of the weights, the data order and the simulated step times")
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<model>-<protocol>-l<λ>-b<μ>-s<seed>)")

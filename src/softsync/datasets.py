@@ -281,16 +281,25 @@ def load_dataset(
     """Load dataset ``name`` (one of :data:`DATASETS`), preprocessed as in the paper.
 
     ``seed`` and ``synthetic_size`` only affect the synthetic set. Raises ``ValueError``
-    for an unknown name and :class:`DataError` for missing or corrupt files.
+    for an unknown name and :class:`DataError` for missing or corrupt files, and for a set
+    without test samples (its test error would read 0, a perfect score nothing measured).
     """
     _check_name(name)
     if name == "synthetic":
+        if synthetic_size // 4 < 1:
+            raise DataError(
+                f"--synthetic-size {synthetic_size} leaves no test samples (the test set is a quarter of it, "
+                "rounded down): use at least 4"
+            )
         return _synthetic(seed, synthetic_size)
     directory = resolve_data_dir(name, data_dir)
     if name == "cifar10":
         train_x, train_y, test_x, test_y = _load_cifar(directory)
     else:
         train_x, train_y, test_x, test_y = _load_idx_split(directory)
+    if len(test_y) == 0:
+        test_file = "test_batch" if name == "cifar10" else IDX_FILES[2]
+        raise DataError(f"{directory / test_file}: no test samples, so no test error could be measured; re-download it")
     return _preprocess(name, train_x, train_y, test_x, test_y, NUM_CLASSES)
 
 
