@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from softsync.cli import main
+from softsync.config import make_config
 
 SMALL = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--quiet"]
 
@@ -67,6 +68,68 @@ def test_an_empty_test_set_is_refused_before_the_run_directory_exists(tmp_path, 
                                 "--learners", "1", "--quiet", "--out", str(out)], capsys)
     assert "no test samples" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--step-time", "1e308"], "--step-time 1e+308"),  # wrote Infinity (invalid JSON) into metrics and summary
+        (["--step-time", "1e-320"], "--step-time"),
+        (["--step-time", "nan"], "--step-time"),
+        (["--bandwidth", "inf"], "--bandwidth inf"),
+        (["--bandwidth", "1e-300"], "--bandwidth"),
+        (["--latency", "1e308"], "--latency"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "1e300"], "--lr"),
+        (["--lr-gamma", "inf"], "--lr-gamma"),
+        (["--lr-gamma", "1000", "--lr-steps", "1,2,3"], "--lr-gamma"),  # the schedule reaches α0·10^9
+        (["--weight-decay", "1e300"], "--weight-decay"),
+        (["--step-jitter", "nan"], "--step-jitter"),
+    ],
+)
+def test_non_finite_or_absurd_float_options_are_refused(flags, names, capsys, tmp_path):
+    """Issue 9 item 13: every float option must be finite and in a range whose arithmetic stays finite."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("speeds", ["1e-300,1", "0.0001,1", "1,2000", "0.01,20", "1,inf", "1,nan"])
+def test_learner_speeds_must_lie_in_a_sensible_range(speeds, capsys, tmp_path):
+    """Issue 9 item 13: --learner-speeds 1e-300,1 crashed a learner; each in [0.001, 1000], max/min <= 1000."""
+    out = tmp_path / "run"
+    flags = ["--learners", "2", "--learner-speeds", speeds, "--out", str(out)]
+    line = fails_with_one_line(["train", *SMALL, *flags], capsys)
+    assert "--learner-speeds" in line and "[0.001, 1000]" in line and "1000 times the slowest" in line
+    assert not out.exists()
+    assert make_config(learners=2, learner_speeds="0.001,1").learner_speeds == (0.001, 1.0)
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--learners", "1_0"], "1_0"),  # int("1_0") is 10
+        (["--epochs", "\u0661"], "--epochs"),  # an Arabic-Indic digit one: int() accepts it too
+        (["--lr", "1_0.5"], "1_0.5"),
+        (["--lr-steps", "1_0"], "1_0"),
+        (["--learner-speeds", "1_0,1", "--learners", "2"], "1_0"),
+    ],
+)
+def test_numbers_must_be_plain_digits(flags, names, capsys, tmp_path):
+    """Issue 9 item 13: whole numbers are plain (optionally signed) digits; no underscores, in floats either."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["lr-steps = [1.5]", "lr-steps = [1, 2.5]", "lr-steps = [true]", 'lr-steps = ["1_0"]'])
+def test_integer_lists_refuse_fractions(tmp_path, capsys, text):
+    """Issue 9 item 13: TOML lr-steps = [1.5] was silently truncated to 1."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text + "\n")
+    line = fails_with_one_line(["train", *SMALL, "--config", str(config), "--out", str(tmp_path / "r")], capsys)
+    assert "--lr-steps" in line
+    assert make_config(lr_steps=[1.0, 2]).lr_steps == (1, 2)  # a whole number written as a float is that number
 
 
 def test_config_file_values_and_flag_override(tmp_path, capsys):

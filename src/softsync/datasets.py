@@ -222,7 +222,10 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
 
 def _not_in_data_dir(name: str, data_dir: Path) -> str:
     """The one-line error for an explicit --data-dir that does not hold dataset ``name``."""
-    files = "cifar-10-batches-py/ or cifar-10-batches-bin/" if name == "cifar10" else ", ".join(f"{f}.gz" for f in IDX_FILES)
+    if name == "cifar10":
+        files = "cifar-10-batches-py/ or cifar-10-batches-bin/"
+    else:
+        files = ", ".join(f"{f}.gz" for f in IDX_FILES)
     if not data_dir.is_dir():
         problem = "it does not exist" if not data_dir.exists() else "it is not a directory"
         needs = f"give a directory holding {files}"
@@ -236,7 +239,8 @@ def _not_in_data_dir(name: str, data_dir: Path) -> str:
     fallbacks = f"${ENV_VAR}"
     if name == "fashion-mnist":
         fallbacks += f" or {FASHION_MNIST_SYSTEM_DIR} ('apt-get install dataset-fashion-mnist')"
-    return f"{_PRETTY[name]} not found in --data-dir {data_dir} ({problem}): {needs}; or leave out --data-dir to use {fallbacks}"
+    where = f"{_PRETTY[name]} not found in --data-dir {data_dir} ({problem})"
+    return f"{where}: {needs}; or leave out --data-dir to use {fallbacks}"
 
 
 def _not_found_anywhere(name: str) -> str:
