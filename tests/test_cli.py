@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from softsync.cli import main
-from softsync.config import make_config
+from softsync.config import ConfigError, make_config
 
 SMALL = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--quiet"]
 
@@ -130,6 +130,63 @@ def test_integer_lists_refuse_fractions(tmp_path, capsys, text):
     line = fails_with_one_line(["train", *SMALL, "--config", str(config), "--out", str(tmp_path / "r")], capsys)
     assert "--lr-steps" in line
     assert make_config(lr_steps=[1.0, 2]).lr_steps == (1, 2)  # a whole number written as a float is that number
+
+
+def test_a_learner_count_the_engine_cannot_hold_is_refused(tmp_path, capsys):
+    """Issue 9 item 6: learners = 99999999999999999999 grew the process until the kernel killed it."""
+    config = tmp_path / "huge.toml"
+    config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 99999999999999999999\n')
+    out = tmp_path / "run"
+    assert "--learners" in fails_with_one_line(["train", "--config", str(config), "--quiet", "--out", str(out)], capsys)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--learners 1025: at most 1024"):
+        make_config(learners=1025, protocol="async")
+    assert make_config(learners=1024, protocol="async").learners == 1024
+
+
+def test_a_local_dist_launch_is_limited_to_the_processes_the_host_can_start(monkeypatch):
+    """Issue 9 item 6: a local launch starts λ+1 processes; refuse more than the host allows, saying how many."""
+    import resource
+
+    from softsync import config
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(config, "available_memory", lambda: 10**15)
+    with pytest.raises(ConfigError, match="1024 processes") as error:
+        make_config(engine="dist", learners=1024, protocol="async")
+    assert "--learners 1023" in str(error.value)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8, 8) if which == resource.RLIMIT_NPROC else (-1, -1))
+    with pytest.raises(ConfigError, match="ulimit -u") as error:
+        make_config(engine="dist", learners=8, protocol="async")
+    assert "--learners 7" in str(error.value)
+    assert make_config(engine="dist", learners=7, protocol="async").learners == 7
+    monkeypatch.setattr(config, "available_memory", lambda: 5 * 10**8)  # 500 MB: a few ranks of torch
+    with pytest.raises(ConfigError, match="memory"):
+        make_config(engine="dist", learners=7, protocol="async")
+    assert make_config(engine="sim", learners=7, protocol="async").learners == 7  # one process
+    monkeypatch.setenv("RANK", "0")  # under torchrun the ranks are spread over the nodes
+    monkeypatch.setenv("WORLD_SIZE", "9")
+    assert make_config(engine="dist", learners=8, protocol="async").learners == 8
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--synthetic-size", "99999999999999999999"], "--synthetic-size"),  # was a torch overflow traceback
+        (["--synthetic-size", "999999999999"], "--synthetic-size"),  # was an allocation traceback
+        (["--lr-steps", "99999999999999999999"], "--lr-steps"),
+        (["--message-bytes", "99999999999999999999"], "--message-bytes"),
+    ],
+)
+def test_whole_numbers_beyond_what_the_engine_can_hold_are_refused(flags, names, capsys, tmp_path):
+    """Issue 9 item 6: no int option overflows into a traceback (or a hang) later."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+    # OMP_NUM_THREADS and torch refused it in every rank
+    with pytest.raises(ConfigError, match="--threads-per-learner"):
+        make_config(engine="dist", learners=2, threads_per_learner=10**20)
 
 
 def test_config_file_values_and_flag_override(tmp_path, capsys):

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import re
+import resource
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -38,6 +39,20 @@ FLOAT_RANGES = {  # name: (low, high, (low included, high included), unit in the
     "latency": (0.0, 1e6, (True, True), " seconds"),
     "timeout": (0.0, 86400.0, (False, True), " seconds (at most a day)"),
 }
+# Whole numbers: torch and numpy take sizes and seeds as 64-bit integers.
+INT64_MAX = 2**63 - 1
+# λ: the sim keeps per learner a random stream (3 KB), a queued event and one gradient in flight,
+# copied again into every checkpoint: 2 × 4 bytes per weight. At 1024 learners the largest built-in
+# model (mlp on CIFAR-10, 395K weights) holds 3.2 GB of them, cnn-small 0.2 GB; the paper's largest
+# λ is 30. The parameter server keeps per-learner state under either engine.
+MAX_LEARNERS = 1024
+# A local dist launch starts λ+1 processes on this host: at most this many, at most `ulimit -u`,
+# and at most what the available memory holds at RANK_MEMORY each (a rank holds 115-150 MB of its
+# own once torch is imported, measured on logreg; 100 MB is a floor, so no launch that fits is refused).
+MAX_LOCAL_PROCESSES = 1024
+RANK_MEMORY = 100 * 2**20
+MAX_SYNTHETIC_SIZE = 1_000_000  # 64 float32 pixels a sample: 320 MB with its test quarter
+MAX_THREADS_PER_LEARNER = 256  # OMP_NUM_THREADS and torch.set_num_threads of every learner rank
 # a learner of speed s computes 1/s as slowly; under dist a straggler sleeps (fastest/s - 1) × its
 # compute time, so beyond a ratio of 1000 a run measures the sleeping, and 1e-300 overflows time.sleep
 MIN_SPEED, MAX_SPEED, MAX_SPEED_RATIO = 1e-3, 1e3, 1e3
@@ -57,7 +72,11 @@ class TrainConfig:
 
     engine: str = _opt("sim", "sim: deterministic discrete-event simulation in one process; dist: real processes")
     protocol: str = _opt("1-softsync", "hardsync, async, or N-softsync (1 <= N <= learners): c = max(1, learners//N) gradients per update")
-    learners: int = _opt(4, "number of learners λ")
+    learners: int = _opt(
+        4,
+        "number of learners λ, at most 1024; a local dist launch starts λ+1 processes, which must also fit "
+        "within ulimit -u and the available memory (about 100 MB each)",
+    )
     batch_size: int = _opt(32, "mini-batch size μ per learner")
     lr: float = _opt(
         0.01, "base learning rate α0, in (0, 1e6]; every rate of the --lr-steps schedule must stay in that range"
@@ -75,7 +94,7 @@ class TrainConfig:
         "(without it: $SOFTSYNC_DATA, then /usr/share/datasets/fashion-mnist for Fashion-MNIST)",
     )
     synthetic_size: int = _opt(
-        2048, "training samples of the synthetic dataset; its test set is a quarter as many, so at least 4"
+        2048, "training samples of the synthetic dataset, in [4, 1000000] (its test set is a quarter as many)"
     )
     model: str = _opt("cnn-small", "paper-cifar10, cnn-small, cnn-bench, mlp or logreg")
     seed: int = _opt(0, "seed of the weights, the data order and the simulated step times")
@@ -100,7 +119,7 @@ class TrainConfig:
     # the dist engine
     host: str = _opt("127.0.0.1", "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)")
     timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
-    threads_per_learner: int = _opt(1, "dist: torch threads of each learner process")
+    threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
     quiet: bool = _opt(False, "no progress bar")
 
@@ -130,17 +149,21 @@ def whole_number(value) -> int:
     """``value`` as an int: an int, a float without a fraction, or plain digits (optionally signed).
 
     ValueError otherwise: ``int()`` alone would read "1_0" as 10, truncate 1.5 to 1 and accept
-    non-ASCII digits.
+    non-ASCII digits. OverflowError beyond 64 bits, where torch and numpy would fail later.
     """
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and WHOLE.fullmatch(value):
-        return int(value)
-    raise ValueError(value)
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and WHOLE.fullmatch(value):
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if abs(number) > INT64_MAX:
+        raise OverflowError(value)
+    return number
 
 
 def real_number(value) -> float:
@@ -163,7 +186,9 @@ def _number_list(value, kind, name: str, what: str) -> tuple:
         items = [value]
     try:
         return tuple(kind(item) for item in items)
-    except (TypeError, ValueError, OverflowError):
+    except OverflowError:
+        raise ConfigError(f"{name} = {value!r}: a value is too large (at most 2^63 - 1)") from None
+    except (TypeError, ValueError):
         raise ConfigError(f"{name} = {value!r}: expected a comma-separated list of {what}") from None
 
 
@@ -188,6 +213,8 @@ def coerce(name: str, value):
     if isinstance(default, int):
         try:
             return whole_number(value)
+        except OverflowError:
+            raise ConfigError(f"{flag} = {value!r}: too large (at most 2^63 - 1)") from None
         except ValueError:
             raise ConfigError(f"{flag} = {value!r}: expected a whole number (plain digits)") from None
     if isinstance(default, float):
@@ -236,6 +263,12 @@ def validate(config: TrainConfig) -> None:
     require(0 <= config.seed < 2**31, f"--seed {config.seed}: must be in [0, 2^31)")
     require(config.engine in ENGINES, f"--engine {config.engine!r} is unknown: use sim or dist")
     require(config.learners >= 1, f"--learners {config.learners}: need at least 1 learner")
+    require(
+        config.learners <= MAX_LEARNERS,
+        f"--learners {config.learners}: at most {MAX_LEARNERS} learners (each holds a gradient in flight)",
+    )
+    if config.engine == "dist" and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # not under torchrun
+        _require_local_processes(config.learners)
     require(config.batch_size >= 1, f"--batch-size {config.batch_size}: need at least 1 sample per mini-batch")
     try:
         config.parsed_protocol()
@@ -255,10 +288,16 @@ def validate(config: TrainConfig) -> None:
     )
     require(config.epochs >= 1, f"--epochs {config.epochs}: need at least 1 epoch")
     require(config.dataset in DATASETS, f"--dataset {config.dataset!r} is unknown: use {', '.join(DATASETS)}")
-    require(config.synthetic_size >= 1, f"--synthetic-size {config.synthetic_size}: need at least 1 sample")
+    require(
+        1 <= config.synthetic_size <= MAX_SYNTHETIC_SIZE,
+        f"--synthetic-size {config.synthetic_size}: must be in [1, {MAX_SYNTHETIC_SIZE}]",
+    )
     require(config.model in MODELS, f"--model {config.model!r} is unknown: use {', '.join(sorted(MODELS))}")
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
-    require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
+    require(
+        1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,
+        f"--threads-per-learner {config.threads_per_learner}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
+    )
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
@@ -273,6 +312,44 @@ def validate(config: TrainConfig) -> None:
             f"--learner-speeds {','.join(map(str, config.learner_speeds))}: each speed must be in "
             f"[{MIN_SPEED:g}, {MAX_SPEED:g}] and the fastest at most {MAX_SPEED_RATIO:g} times the slowest",
         )
+
+
+def _require_local_processes(learners: int) -> None:
+    """A local dist launch starts λ+1 processes here: refuse more than this host allows, saying how many it does."""
+    allowed, reason = local_process_limit()
+    if learners + 1 <= allowed:
+        return
+    use = f"use at most --learners {allowed - 1}" if allowed >= 2 else "it cannot start a server and a learner"
+    raise ConfigError(
+        f"--learners {learners}: a local dist launch starts λ+1 = {learners + 1} processes, "
+        f"this host allows {allowed} ({reason}): {use}, or spread the run over nodes with torchrun"
+    )
+
+
+def local_process_limit() -> tuple[int, str]:
+    """How many processes a local dist launch may start on this host, and which limit says so."""
+    limits = [(MAX_LOCAL_PROCESSES, f"at most {MAX_LOCAL_PROCESSES} processes")]
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if soft != resource.RLIM_INFINITY and soft >= 0:
+        limits.append((soft, f"ulimit -u is {soft}"))
+    memory = available_memory()
+    if memory is not None:
+        ranks = memory // RANK_MEMORY
+        held = f"{memory / 2**30:.1f} GB of available memory holds {ranks} ranks of {RANK_MEMORY // 2**20} MB"
+        limits.append((ranks, held))
+    return min(limits)
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _interval(low: float, high: float, closed: tuple[bool, bool]) -> str:
