@@ -215,6 +215,15 @@ def test_bad_config_files(tmp_path, capsys, text, names):
     assert names in fails_with_one_line(["train", "--config", str(config)], capsys)
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    """Issue 9 item 11: a config TOML in Latin-1 gave a UnicodeDecodeError traceback."""
+    config = tmp_path / "latin1.toml"
+    config.write_bytes("lr = 0.1  # café\n".encode("latin-1"))
+    line = fails_with_one_line(["train", "--config", str(config), "--out", str(tmp_path / "r")], capsys)
+    assert str(config) in line and "UTF-8" in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_run_directory_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--out", str(out)]) == 0

@@ -236,6 +236,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib decodes the whole file first
+        raise ConfigError(
+            f"{what} {str(path)!r} cannot be read: it is not UTF-8 text (byte 0x{error.object[error.start]:02x} "
+            f"at offset {error.start}); save it as UTF-8"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {error}") from None
 
