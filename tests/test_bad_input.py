@@ -1,5 +1,6 @@
 """The bad-input battery through `softsync train`, under both engines: one line, exit 2, nothing damaged."""
 import gzip
+import json
 
 import pytest
 import torch
@@ -109,3 +110,19 @@ def test_a_run_directory_under_dist_is_never_overwritten(tmp_path, capfd, finish
                                 "--quiet", "--out", str(finished_run)], capfd)
     assert "already holds a run" in line
     assert snapshot(finished_run) == before
+
+
+def test_resume_skips_metrics_lines_that_are_not_records(tmp_path, capfd, finished_run):
+    """Issue 9 item 11: a metrics.jsonl line that is JSON but not a record ([1, 2], {"epoch": "x"}) gave a traceback.
+
+    Such a line is skipped like a line cut short by a crash, and the resumed run rewrites the file without it.
+    """
+    run = tmp_path / "run"
+    run.mkdir()
+    for path in finished_run.iterdir():
+        (run / path.name).write_bytes(path.read_bytes())
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b'[1, 2]\n{"epoch": "x"}\n"text"\n{"epoch": true}\n\xff\xfe\n')
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert "Traceback" not in capfd.readouterr().err
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from softsync.cli import main
+from softsync.config import ConfigError, make_config
 
 SMALL = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--quiet"]
 
@@ -60,6 +61,134 @@ def test_missing_data_says_how_to_get_it(capsys, tmp_path, monkeypatch):
     assert "mnist" in line.lower() and "--data-dir" in line
 
 
+def test_an_empty_test_set_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    """Issue 9 item 8: --synthetic-size 3 leaves no test sample; it printed "test error 0.0000"."""
+    out = tmp_path / "run"
+    line = fails_with_one_line(["train", "--dataset", "synthetic", "--synthetic-size", "3", "--batch-size", "1",
+                                "--learners", "1", "--quiet", "--out", str(out)], capsys)
+    assert "no test samples" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--step-time", "1e308"], "--step-time 1e+308"),  # wrote Infinity (invalid JSON) into metrics and summary
+        (["--step-time", "1e-320"], "--step-time"),
+        (["--step-time", "nan"], "--step-time"),
+        (["--bandwidth", "inf"], "--bandwidth inf"),
+        (["--bandwidth", "1e-300"], "--bandwidth"),
+        (["--latency", "1e308"], "--latency"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "1e300"], "--lr"),
+        (["--lr-gamma", "inf"], "--lr-gamma"),
+        (["--lr-gamma", "1000", "--lr-steps", "1,2,3"], "--lr-gamma"),  # the schedule reaches α0·10^9
+        (["--weight-decay", "1e300"], "--weight-decay"),
+        (["--step-jitter", "nan"], "--step-jitter"),
+    ],
+)
+def test_non_finite_or_absurd_float_options_are_refused(flags, names, capsys, tmp_path):
+    """Issue 9 item 13: every float option must be finite and in a range whose arithmetic stays finite."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("speeds", ["1e-300,1", "0.0001,1", "1,2000", "0.01,20", "1,inf", "1,nan"])
+def test_learner_speeds_must_lie_in_a_sensible_range(speeds, capsys, tmp_path):
+    """Issue 9 item 13: --learner-speeds 1e-300,1 crashed a learner; each in [0.001, 1000], max/min <= 1000."""
+    out = tmp_path / "run"
+    flags = ["--learners", "2", "--learner-speeds", speeds, "--out", str(out)]
+    line = fails_with_one_line(["train", *SMALL, *flags], capsys)
+    assert "--learner-speeds" in line and "[0.001, 1000]" in line and "1000 times the slowest" in line
+    assert not out.exists()
+    assert make_config(learners=2, learner_speeds="0.001,1").learner_speeds == (0.001, 1.0)
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--learners", "1_0"], "1_0"),  # int("1_0") is 10
+        (["--epochs", "\u0661"], "--epochs"),  # an Arabic-Indic digit one: int() accepts it too
+        (["--lr", "1_0.5"], "1_0.5"),
+        (["--lr-steps", "1_0"], "1_0"),
+        (["--learner-speeds", "1_0,1", "--learners", "2"], "1_0"),
+    ],
+)
+def test_numbers_must_be_plain_digits(flags, names, capsys, tmp_path):
+    """Issue 9 item 13: whole numbers are plain (optionally signed) digits; no underscores, in floats either."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["lr-steps = [1.5]", "lr-steps = [1, 2.5]", "lr-steps = [true]", 'lr-steps = ["1_0"]'])
+def test_integer_lists_refuse_fractions(tmp_path, capsys, text):
+    """Issue 9 item 13: TOML lr-steps = [1.5] was silently truncated to 1."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text + "\n")
+    line = fails_with_one_line(["train", *SMALL, "--config", str(config), "--out", str(tmp_path / "r")], capsys)
+    assert "--lr-steps" in line
+    assert make_config(lr_steps=[1.0, 2]).lr_steps == (1, 2)  # a whole number written as a float is that number
+
+
+def test_a_learner_count_the_engine_cannot_hold_is_refused(tmp_path, capsys):
+    """Issue 9 item 6: learners = 99999999999999999999 grew the process until the kernel killed it."""
+    config = tmp_path / "huge.toml"
+    config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 99999999999999999999\n')
+    out = tmp_path / "run"
+    assert "--learners" in fails_with_one_line(["train", "--config", str(config), "--quiet", "--out", str(out)], capsys)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--learners 1025: at most 1024"):
+        make_config(learners=1025, protocol="async")
+    assert make_config(learners=1024, protocol="async").learners == 1024
+
+
+def test_a_local_dist_launch_is_limited_to_the_processes_the_host_can_start(monkeypatch):
+    """Issue 9 item 6: a local launch starts λ+1 processes; refuse more than the host allows, saying how many."""
+    import resource
+
+    from softsync import config
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(config, "available_memory", lambda: 10**15)
+    with pytest.raises(ConfigError, match="1024 processes") as error:
+        make_config(engine="dist", learners=1024, protocol="async")
+    assert "--learners 1023" in str(error.value)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8, 8) if which == resource.RLIMIT_NPROC else (-1, -1))
+    with pytest.raises(ConfigError, match="ulimit -u") as error:
+        make_config(engine="dist", learners=8, protocol="async")
+    assert "--learners 7" in str(error.value)
+    assert make_config(engine="dist", learners=7, protocol="async").learners == 7
+    monkeypatch.setattr(config, "available_memory", lambda: 5 * 10**8)  # 500 MB: a few ranks of torch
+    with pytest.raises(ConfigError, match="memory"):
+        make_config(engine="dist", learners=7, protocol="async")
+    assert make_config(engine="sim", learners=7, protocol="async").learners == 7  # one process
+    monkeypatch.setenv("RANK", "0")  # under torchrun the ranks are spread over the nodes
+    monkeypatch.setenv("WORLD_SIZE", "9")
+    assert make_config(engine="dist", learners=8, protocol="async").learners == 8
+
+
+@pytest.mark.parametrize(
+    "flags, names",
+    [
+        (["--synthetic-size", "99999999999999999999"], "--synthetic-size"),  # was a torch overflow traceback
+        (["--synthetic-size", "999999999999"], "--synthetic-size"),  # was an allocation traceback
+        (["--lr-steps", "99999999999999999999"], "--lr-steps"),
+        (["--message-bytes", "99999999999999999999"], "--message-bytes"),
+    ],
+)
+def test_whole_numbers_beyond_what_the_engine_can_hold_are_refused(flags, names, capsys, tmp_path):
+    """Issue 9 item 6: no int option overflows into a traceback (or a hang) later."""
+    out = tmp_path / "run"
+    assert names in fails_with_one_line(["train", *SMALL, "--out", str(out), *flags], capsys)
+    assert not out.exists()
+    # OMP_NUM_THREADS and torch refused it in every rank
+    with pytest.raises(ConfigError, match="--threads-per-learner"):
+        make_config(engine="dist", learners=2, threads_per_learner=10**20)
+
+
 def test_config_file_values_and_flag_override(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 2\nprotocol = "async"\nepochs = 1\nbatch-size = 64\nquiet = true\nlr-steps = [1]\n')
@@ -84,6 +213,15 @@ def test_bad_config_files(tmp_path, capsys, text, names):
     config = tmp_path / "bad.toml"
     config.write_text(text + "\n")
     assert names in fails_with_one_line(["train", "--config", str(config)], capsys)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    """Issue 9 item 11: a config TOML in Latin-1 gave a UnicodeDecodeError traceback."""
+    config = tmp_path / "latin1.toml"
+    config.write_bytes("lr = 0.1  # café\n".encode("latin-1"))
+    line = fails_with_one_line(["train", "--config", str(config), "--out", str(tmp_path / "r")], capsys)
+    assert str(config) in line and "UTF-8" in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_run_directory_is_never_overwritten(tmp_path, capsys):

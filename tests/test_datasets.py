@@ -182,6 +182,37 @@ def test_missing_data_is_one_line_error(tmp_path, name):
         assert "apt-get install dataset-fashion-mnist" in message
 
 
+@pytest.mark.parametrize("damage", ["missing", "lacks a file"])
+def test_an_explicit_data_dir_is_the_only_place_looked_in(tmp_path, monkeypatch, damage):
+    """Issue 9 item 5: a bad --data-dir never falls back to $SOFTSYNC_DATA or the system copy."""
+    env, system, given = tmp_path / "env", tmp_path / "system", tmp_path / "given"
+    make_mnist(env)
+    make_mnist(system)
+    monkeypatch.setenv("SOFTSYNC_DATA", str(env))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    if damage == "lacks a file":
+        make_mnist(given)
+        (given / "t10k-labels-idx1-ubyte.gz").unlink()
+    for name in ("fashion-mnist", "mnist"):
+        with pytest.raises(DataError) as e:
+            resolve_data_dir(name, given)
+        message = str(e.value)
+        assert "\n" not in message and f"not found in --data-dir {given}" in message
+        if damage == "lacks a file":
+            assert "t10k-labels-idx1-ubyte" in message
+        with pytest.raises(DataError):
+            load_dataset(name, given)
+    assert resolve_data_dir("fashion-mnist") == env  # without --data-dir the fallbacks still apply
+
+
+def test_an_explicit_cifar_data_dir_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    """Issue 9 item 5, CIFAR-10: $SOFTSYNC_DATA is not searched when --data-dir is given."""
+    make_cifar(tmp_path / "env" / "cifar10" / "cifar-10-batches-py", "py")
+    monkeypatch.setenv("SOFTSYNC_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataError, match="given"):
+        load_dataset("cifar10", tmp_path / "given")
+
+
 def test_incomplete_directory_is_not_used(tmp_path):
     make_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -305,6 +336,18 @@ def test_synthetic_is_learnable():
         opt.step()
     accuracy = (model(d.test_x.flatten(1)).argmax(1) == d.test_y).float().mean().item()
     assert accuracy > 0.85
+
+
+def test_a_dataset_without_test_samples_is_refused(tmp_path):
+    """Issue 9 item 8: no test samples would report a perfect test error of 0; refuse instead."""
+    with pytest.raises(DataError, match="--synthetic-size 3") as e:
+        load_dataset("synthetic", synthetic_size=3)  # the test set is a quarter of it: none
+    assert "\n" not in str(e.value)
+    assert len(load_dataset("synthetic", synthetic_size=4).test_y) == 1
+    make_mnist(tmp_path, n_test=0)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte") as e:
+        load_dataset("mnist", tmp_path)
+    assert "no test samples" in str(e.value)
 
 
 def test_synthetic_has_no_data_dir():

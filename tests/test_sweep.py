@@ -194,3 +194,41 @@ def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_pat
     weights = [torch.load(out / "runs" / run.name / "checkpoint.pt", weights_only=False)["server"]["weights"]
                for out in (tmp_path / "out", tmp_path / "uninterrupted")]
     assert torch.equal(*weights)
+
+
+ONE_RUN = SMALL.replace('protocol = ["1-softsync", "async"]', 'protocol = "async"')
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"[1]", b"\xff\xfe"])
+def test_a_run_directory_with_a_garbage_config_json_is_refused_with_one_line(tmp_path, capsys, content):
+    """Issue 9 item 11: a garbage config.json gave a traceback. The sweep cannot tell whose run the directory
+    holds, so it refuses, before anything runs, with one line naming the file; nothing changes."""
+    experiment, out = write(tmp_path, ONE_RUN), tmp_path / "out"
+    (run,) = load_experiment(experiment).runs
+    config = out / "runs" / run.name / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_bytes(content)
+    assert main(["sweep", str(experiment), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(config) in error and "Traceback" not in error, error
+    assert [path.name for path in config.parent.iterdir()] == ["config.json"] and config.read_bytes() == content
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"[1, 2]", b'{"status": "completed"}', b"\xff\xfe"])
+def test_a_garbage_summary_json_marks_its_row_and_the_sweep_goes_on(tmp_path, capsys, content):
+    """Issue 9 item 11: a garbage summary.json gave a traceback. The run's row says the summary is damaged
+    (results.csv and results.md are still written); nothing in its directory changes."""
+    from softsync.config import make_config
+
+    experiment, out = write(tmp_path, ONE_RUN), tmp_path / "out"
+    (run,) = load_experiment(experiment).runs
+    run_dir = out / "runs" / run.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(make_config(**run.options, out=str(run_dir)).resolved()))
+    (run_dir / "summary.json").write_bytes(content)
+    assert main(["sweep", str(experiment), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    (row,) = read_csv(out / "results.csv")
+    assert row["status"].startswith("damaged") and "summary.json" in row["status"]
+    assert "damaged" in captured.out and "Traceback" not in captured.err
+    assert (run_dir / "summary.json").read_bytes() == content

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import FIELDS, coerce, load_toml
+from .config import FIELDS, coerce, load_toml, whole_number
 from .errors import ConfigError, SoftsyncError, report
 
 
@@ -76,7 +76,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
     try:
-        jobs = int(args.jobs)
+        jobs = whole_number(args.jobs)
     except ValueError:
         raise ConfigError(f"--jobs {args.jobs!r}: expected a whole number") from None
     sweep(args.experiment, args.out, jobs, args.data_dir)

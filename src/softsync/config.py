@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import resource
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,39 @@ from .staleness import POLICIES
 ENGINES = ("sim", "dist")
 PATHS = ("data_dir", "out", "resume")
 
+# Every float option must lie in its range, which also makes it finite. The bounds keep what is
+# derived from the options finite (virtual time, samples/s, the learning-rate schedule), so that
+# metrics.jsonl and summary.json stay valid JSON, and refuse values no run could mean.
+MAX_LR = 1e6  # diverges at once (the divergence tests use it); a larger rate only diverges sooner
+FLOAT_RANGES = {  # name: (low, high, (low included, high included), unit in the message)
+    "lr": (0.0, MAX_LR, (False, True), ""),
+    "momentum": (0.0, 1.0, (True, False), ""),
+    "weight_decay": (0.0, 1.0, (True, True), ""),  # an L2 coefficient above 1 outweighs any loss
+    "lr_gamma": (0.0, 1e3, (False, True), ""),
+    "step_time": (1e-9, 1e6, (True, True), " virtual seconds"),  # a nanosecond to 11 days per gradient
+    "step_jitter": (0.0, 1.0, (True, False), ""),
+    "bandwidth": (1.0, 1e15, (True, True), " bytes per second"),  # 1 B/s to 1 PB/s
+    "latency": (0.0, 1e6, (True, True), " seconds"),
+    "timeout": (0.0, 86400.0, (False, True), " seconds (at most a day)"),
+}
+# Whole numbers: torch and numpy take sizes and seeds as 64-bit integers.
+INT64_MAX = 2**63 - 1
+# λ: the sim keeps per learner a random stream (3 KB), a queued event and one gradient in flight,
+# copied again into every checkpoint: 2 × 4 bytes per weight. At 1024 learners the largest built-in
+# model (mlp on CIFAR-10, 395K weights) holds 3.2 GB of them, cnn-small 0.2 GB; the paper's largest
+# λ is 30. The parameter server keeps per-learner state under either engine.
+MAX_LEARNERS = 1024
+# A local dist launch starts λ+1 processes on this host: at most this many, at most `ulimit -u`,
+# and at most what the available memory holds at RANK_MEMORY each (a rank holds 115-150 MB of its
+# own once torch is imported, measured on logreg; 100 MB is a floor, so no launch that fits is refused).
+MAX_LOCAL_PROCESSES = 1024
+RANK_MEMORY = 100 * 2**20
+MAX_SYNTHETIC_SIZE = 1_000_000  # 64 float32 pixels a sample: 320 MB with its test quarter
+MAX_THREADS_PER_LEARNER = 256  # OMP_NUM_THREADS and torch.set_num_threads of every learner rank
+# a learner of speed s computes 1/s as slowly; under dist a straggler sleeps (fastest/s - 1) × its
+# compute time, so beyond a ratio of 1000 a run measures the sleeping, and 1e-300 overflows time.sleep
+MIN_SPEED, MAX_SPEED, MAX_SPEED_RATIO = 1e-3, 1e3, 1e3
+
 
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
@@ -33,34 +69,54 @@ class TrainConfig:
 
     engine: str = _opt("sim", "sim: deterministic discrete-event simulation in one process; dist: real processes")
     protocol: str = _opt("1-softsync", "hardsync, async, or N-softsync (1 <= N <= learners): c = max(1, learners//N) gradients per update")
-    learners: int = _opt(4, "number of learners λ")
+    learners: int = _opt(
+        4,
+        "number of learners λ, at most 1024; a local dist launch starts λ+1 processes, which must also fit "
+        "within ulimit -u and the available memory (about 100 MB each)",
+    )
     batch_size: int = _opt(32, "mini-batch size μ per learner")
-    lr: float = _opt(0.01, "base learning rate α0")
+    lr: float = _opt(
+        0.01, "base learning rate α0, in (0, 1e6]; every rate of the --lr-steps schedule must stay in that range"
+    )
     lr_policy: str = _opt("staleness", "α(τ): staleness (α0/τ, the paper's rule), constant (α0), mean (α0/n)")
     momentum: float = _opt(0.9, "SGD momentum on the server")
-    weight_decay: float = _opt(0.0, "SGD weight decay (L2) on the server")
+    weight_decay: float = _opt(0.0, "SGD weight decay (L2) on the server, in [0, 1]")
     lr_steps: tuple[int, ...] = _opt((), "epochs at which the learning rate is multiplied by --lr-gamma, e.g. 120,130")
-    lr_gamma: float = _opt(0.1, "factor of each learning-rate step")
+    lr_gamma: float = _opt(0.1, "factor of each learning-rate step, in (0, 1000]")
     epochs: int = _opt(5, "epochs to train")
     dataset: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10 or synthetic")
-    data_dir: str | None = _opt(None, "where the dataset files are (default: $SOFTSYNC_DATA, then /usr/share/datasets/<name>)")
-    synthetic_size: int = _opt(2048, "training samples of the synthetic dataset")
+    data_dir: str | None = _opt(
+        None,
+        "where the dataset files are: this directory or its <name>/ subdirectory, nowhere else "
+        "(without it: $SOFTSYNC_DATA, then /usr/share/datasets/fashion-mnist for Fashion-MNIST)",
+    )
+    synthetic_size: int = _opt(
+        2048, "training samples of the synthetic dataset, in [4, 1000000] (its test set is a quarter as many)"
+    )
     model: str = _opt("cnn-small", "paper-cifar10, cnn-small, cnn-bench, mlp or logreg")
     seed: int = _opt(0, "seed of the weights, the data order and the simulated step times")
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<model>-<protocol>-l<λ>-b<μ>-s<seed>)")
     resume: str | None = _opt(None, "continue the run in this directory from its checkpoint")
     # the simulation's step-time model
-    step_time: float = _opt(0.01, "sim: mean compute time of one mini-batch gradient, virtual seconds")
+    step_time: float = _opt(
+        0.01, "sim: mean compute time of one mini-batch gradient, virtual seconds, in [1e-9, 1e6]"
+    )
     step_jitter: float = _opt(0.1, "sim: relative standard deviation of the compute time")
-    learner_speeds: tuple[float, ...] = _opt((), "relative speed of each learner, e.g. 1,1,0.5 (default all 1)")
-    bandwidth: float = _opt(1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers)")
-    latency: float = _opt(5e-5, "sim: one-way message latency, seconds")
+    learner_speeds: tuple[float, ...] = _opt(
+        (),
+        "relative speed of each learner, e.g. 1,1,0.5 (default all 1); each in [0.001, 1000], "
+        "the fastest at most 1000 times the slowest",
+    )
+    bandwidth: float = _opt(
+        1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers), in [1, 1e15]"
+    )
+    latency: float = _opt(5e-5, "sim: one-way message latency, seconds, in [0, 1e6]")
     message_bytes: int = _opt(0, "sim: bytes of one pull or push on the link (0: the model's float32 weights); models a bigger network's traffic")
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
     host: str = _opt("127.0.0.1", "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)")
     timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
-    threads_per_learner: int = _opt(1, "dist: torch threads of each learner process")
+    threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
     quiet: bool = _opt(False, "no progress bar")
 
@@ -81,7 +137,44 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _number_list(value, kind, name: str) -> tuple:
+WHOLE = re.compile(r"[+-]?[0-9]+")
+# decimal notation; inf and nan parse, and validate() refuses them with the option's range
+REAL = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+
+
+def whole_number(value) -> int:
+    """``value`` as an int: an int, a float without a fraction, or plain digits (optionally signed).
+
+    ValueError otherwise: ``int()`` alone would read "1_0" as 10, truncate 1.5 to 1 and accept
+    non-ASCII digits. OverflowError beyond 64 bits, where torch and numpy would fail later.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and WHOLE.fullmatch(value):
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if abs(number) > INT64_MAX:
+        raise OverflowError(value)
+    return number
+
+
+def real_number(value) -> float:
+    """``value`` as a float: an int, a float, or a number in decimal notation (no underscores); else ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)  # OverflowError for an int beyond any float
+    if isinstance(value, str) and REAL.fullmatch(value):
+        return float(value)
+    raise ValueError(value)
+
+
+def _number_list(value, kind, name: str, what: str) -> tuple:
     if isinstance(value, str):
         items = [item for item in value.replace(" ", "").split(",") if item]
     elif isinstance(value, (list, tuple)):
@@ -90,8 +183,10 @@ def _number_list(value, kind, name: str) -> tuple:
         items = [value]
     try:
         return tuple(kind(item) for item in items)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name} = {value!r}: expected a comma-separated list of {kind.__name__}s") from None
+    except OverflowError:
+        raise ConfigError(f"{name} = {value!r}: a value is too large (at most 2^63 - 1)") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r}: expected a comma-separated list of {what}") from None
 
 
 def coerce(name: str, value):
@@ -101,9 +196,9 @@ def coerce(name: str, value):
         raise ConfigError(f"unknown option {name.replace('_', '-')!r}: see 'softsync train --help'")
     default = FIELDS[name].default
     if name == "lr_steps":
-        return _number_list(value, int, flag)
+        return _number_list(value, whole_number, flag, "whole numbers")
     if name == "learner_speeds":
-        return _number_list(value, float, flag)
+        return _number_list(value, real_number, flag, "numbers")
     if value is None:
         if default is None:
             return None
@@ -113,18 +208,16 @@ def coerce(name: str, value):
             return value
         raise ConfigError(f"{flag} = {value!r}: expected true or false")
     if isinstance(default, int):
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{flag} = {value!r}: expected a whole number")
         try:
-            return int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{flag} = {value!r}: expected a whole number") from None
+            return whole_number(value)
+        except OverflowError:
+            raise ConfigError(f"{flag} = {value!r}: too large (at most 2^63 - 1)") from None
+        except ValueError:
+            raise ConfigError(f"{flag} = {value!r}: expected a whole number (plain digits)") from None
     if isinstance(default, float):
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError, OverflowError):
+            return real_number(value)
+        except (ValueError, OverflowError):
             raise ConfigError(f"{flag} = {value!r}: expected a number") from None
     if not isinstance(value, str):
         raise ConfigError(f"{flag} = {value!r}: expected a string")
@@ -140,6 +233,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; tomllib decodes the whole file first
+        raise ConfigError(
+            f"{what} {str(path)!r} cannot be read: it is not UTF-8 text (byte 0x{error.object[error.start]:02x} "
+            f"at offset {error.start}); save it as UTF-8"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {error}") from None
 
@@ -167,29 +265,41 @@ def validate(config: TrainConfig) -> None:
     require(0 <= config.seed < 2**31, f"--seed {config.seed}: must be in [0, 2^31)")
     require(config.engine in ENGINES, f"--engine {config.engine!r} is unknown: use sim or dist")
     require(config.learners >= 1, f"--learners {config.learners}: need at least 1 learner")
+    require(
+        config.learners <= MAX_LEARNERS,
+        f"--learners {config.learners}: at most {MAX_LEARNERS} learners (each holds a gradient in flight)",
+    )
+    if config.engine == "dist" and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # not under torchrun
+        _require_local_processes(config.learners)
     require(config.batch_size >= 1, f"--batch-size {config.batch_size}: need at least 1 sample per mini-batch")
     try:
         config.parsed_protocol()
     except ProtocolError as error:
         raise ConfigError(f"--protocol: {error}") from None
     require(config.lr_policy in POLICIES, f"--lr-policy {config.lr_policy!r} is unknown: use {', '.join(sorted(POLICIES))}")
-    require(math.isfinite(config.lr) and config.lr > 0, f"--lr {config.lr}: must be a positive number")
-    require(0 <= config.momentum < 1, f"--momentum {config.momentum}: must be in [0, 1)")
-    require(math.isfinite(config.weight_decay) and config.weight_decay >= 0, f"--weight-decay {config.weight_decay}: must be >= 0")
+    for name, (low, high, closed, unit) in FLOAT_RANGES.items():
+        value = getattr(config, name)
+        inside = (low <= value if closed[0] else low < value) and (value <= high if closed[1] else value < high)
+        require(inside, f"--{name.replace('_', '-')} {value}: must be in {_interval(low, high, closed)}{unit}")
     require(all(step >= 1 for step in config.lr_steps), f"--lr-steps {','.join(map(str, config.lr_steps))}: epochs must be >= 1")
     require(list(config.lr_steps) == sorted(set(config.lr_steps)), "--lr-steps: epochs must be increasing")
-    require(math.isfinite(config.lr_gamma) and config.lr_gamma > 0, f"--lr-gamma {config.lr_gamma}: must be a positive number")
+    require(
+        _schedule_stays_in_range(config.lr, config.lr_gamma, len(config.lr_steps)),
+        f"--lr-gamma {config.lr_gamma} over {len(config.lr_steps)} --lr-steps takes the learning rate {config.lr} "
+        f"out of {_interval(0.0, MAX_LR, (False, True))}",
+    )
     require(config.epochs >= 1, f"--epochs {config.epochs}: need at least 1 epoch")
     require(config.dataset in DATASETS, f"--dataset {config.dataset!r} is unknown: use {', '.join(DATASETS)}")
-    require(config.synthetic_size >= 1, f"--synthetic-size {config.synthetic_size}: need at least 1 sample")
+    require(
+        1 <= config.synthetic_size <= MAX_SYNTHETIC_SIZE,
+        f"--synthetic-size {config.synthetic_size}: must be in [1, {MAX_SYNTHETIC_SIZE}]",
+    )
     require(config.model in MODELS, f"--model {config.model!r} is unknown: use {', '.join(sorted(MODELS))}")
-    require(math.isfinite(config.step_time) and config.step_time > 0, f"--step-time {config.step_time}: must be a positive number")
-    require(0 <= config.step_jitter < 1, f"--step-jitter {config.step_jitter}: must be in [0, 1)")
-    require(config.bandwidth > 0, f"--bandwidth {config.bandwidth}: must be a positive number of bytes per second")
-    require(math.isfinite(config.latency) and config.latency >= 0, f"--latency {config.latency}: must be >= 0")
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
-    require(0 < config.timeout <= 86400, f"--timeout {config.timeout}: must be a positive number of seconds, at most a day")
-    require(config.threads_per_learner >= 1, f"--threads-per-learner {config.threads_per_learner}: need at least 1")
+    require(
+        1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,
+        f"--threads-per-learner {config.threads_per_learner}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
+    )
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
@@ -198,7 +308,62 @@ def validate(config: TrainConfig) -> None:
             len(config.learner_speeds) == config.learners,
             f"--learner-speeds has {len(config.learner_speeds)} values: give one per learner ({config.learners})",
         )
+        slowest, fastest = min(config.learner_speeds), max(config.learner_speeds)
         require(
-            all(math.isfinite(s) and s > 0 for s in config.learner_speeds),
-            f"--learner-speeds {','.join(map(str, config.learner_speeds))}: speeds must be positive",
+            all(MIN_SPEED <= s <= MAX_SPEED for s in config.learner_speeds) and fastest <= MAX_SPEED_RATIO * slowest,
+            f"--learner-speeds {','.join(map(str, config.learner_speeds))}: each speed must be in "
+            f"[{MIN_SPEED:g}, {MAX_SPEED:g}] and the fastest at most {MAX_SPEED_RATIO:g} times the slowest",
         )
+
+
+def _require_local_processes(learners: int) -> None:
+    """A local dist launch starts λ+1 processes here: refuse more than this host allows, saying how many it does."""
+    allowed, reason = local_process_limit()
+    if learners + 1 <= allowed:
+        return
+    use = f"use at most --learners {allowed - 1}" if allowed >= 2 else "it cannot start a server and a learner"
+    raise ConfigError(
+        f"--learners {learners}: a local dist launch starts λ+1 = {learners + 1} processes, "
+        f"this host allows {allowed} ({reason}): {use}, or spread the run over nodes with torchrun"
+    )
+
+
+def local_process_limit() -> tuple[int, str]:
+    """How many processes a local dist launch may start on this host, and which limit says so."""
+    limits = [(MAX_LOCAL_PROCESSES, f"at most {MAX_LOCAL_PROCESSES} processes")]
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if soft != resource.RLIM_INFINITY and soft >= 0:
+        limits.append((soft, f"ulimit -u is {soft}"))
+    memory = available_memory()
+    if memory is not None:
+        ranks = memory // RANK_MEMORY
+        held = f"{memory / 2**30:.1f} GB of available memory holds {ranks} ranks of {RANK_MEMORY // 2**20} MB"
+        limits.append((ranks, held))
+    return min(limits)
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _interval(low: float, high: float, closed: tuple[bool, bool]) -> str:
+    return f"{'[' if closed[0] else '('}{_short(low)}, {_short(high)}{']' if closed[1] else ')'}"
+
+
+def _short(number: float) -> str:
+    """1e6 rather than 1e+06."""
+    return f"{number:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+
+
+def _schedule_stays_in_range(lr: float, gamma: float, steps: int) -> bool:
+    """Every rate α0·γ^k (k = 0..steps) is a normal float in (0, MAX_LR]; in logarithms, as γ^k may overflow."""
+    exponents = (math.log10(lr) + k * math.log10(gamma) for k in (0, steps))
+    return all(math.log10(sys.float_info.min) < exponent <= math.log10(MAX_LR) for exponent in exponents)

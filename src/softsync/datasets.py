@@ -7,10 +7,10 @@ from both the training and the test images, as in the paper (Caffe's
 
 Where the files are looked for (first hit wins):
 
-1. ``data_dir`` and ``data_dir/<name>/`` if ``data_dir`` is given;
-2. ``$SOFTSYNC_DATA`` and ``$SOFTSYNC_DATA/<name>/``;
-3. for Fashion-MNIST only, :data:`FASHION_MNIST_SYSTEM_DIR`
-   (Debian's ``dataset-fashion-mnist`` package).
+1. if ``data_dir`` is given: ``data_dir`` and ``data_dir/<name>/``, and nowhere else: a
+   ``data_dir`` that is missing or incomplete is an error, never a silent switch to another copy;
+2. otherwise ``$SOFTSYNC_DATA`` and ``$SOFTSYNC_DATA/<name>/``, then, for Fashion-MNIST only,
+   :data:`FASHION_MNIST_SYSTEM_DIR` (Debian's ``dataset-fashion-mnist`` package).
 
 Missing or corrupt files raise :class:`DataError` with a one-line message.
 """
@@ -54,6 +54,7 @@ CIFAR_SUBDIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
 CIFAR_PY_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 CIFAR_BIN_FILES = tuple(f"{f}.bin" for f in CIFAR_PY_FILES)
 CIFAR_SHAPE = (3, 32, 32)
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR_RECORD = 1 + 3 * 32 * 32
 NUM_CLASSES = 10
 
@@ -166,12 +167,19 @@ def _load_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """Directories to search, in order (see the module docstring)."""
-    bases = [Path(d) for d in (data_dir, os.environ.get(ENV_VAR)) if d]
+    """Directories to search, in order (see the module docstring).
+
+    An explicit ``data_dir`` is the only base: the user named the copy to train on, and a run
+    on another copy would be recorded in config.json under the wrong path.
+    """
+    if data_dir:
+        bases = [Path(data_dir)]
+    else:
+        bases = [Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR) else []
     dirs = [d for base in bases for d in (base, base / name)]
     if name == "cifar10":
         dirs = [d / sub for d in dirs for sub in ("", *CIFAR_SUBDIRS)]
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and not data_dir:
         dirs.append(Path(FASHION_MNIST_SYSTEM_DIR))
     return list(dict.fromkeys(dirs))  # drop duplicates, keep order
 
@@ -205,28 +213,57 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) 
                 return d
         elif _has_all(d, IDX_FILES, gz=True):
             return d
-    pretty = _PRETTY[name]
-    places = [f"--data-dir {data_dir}" if data_dir else ""]
-    places.append(f"${ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else "")
-    places = [p for p in places if p]
-    where = f" in {', '.join(places)} (and subdirectory {name}/)" if places else ""
+    if data_dir:
+        raise DataError(_not_in_data_dir(name, Path(data_dir)))
+    raise DataError(_not_found_anywhere(name))
+
+
+def _not_in_data_dir(name: str, data_dir: Path) -> str:
+    """The one-line error for an explicit --data-dir that does not hold dataset ``name``."""
+    if name == "cifar10":
+        files = "cifar-10-batches-py/ or cifar-10-batches-bin/"
+    else:
+        files = ", ".join(f"{f}.gz" for f in IDX_FILES)
+    if not data_dir.is_dir():
+        problem = "it does not exist" if not data_dir.exists() else "it is not a directory"
+        needs = f"give a directory holding {files}"
+    elif name == "cifar10":
+        problem, needs = f"nor in its subdirectory {name}/", f"put {files} from {CIFAR_URL} there"
+    else:
+        # name the files missing from the candidate that holds the most of them
+        best = max((data_dir, data_dir / name), key=lambda d: sum(_find(d, f) is not None for f in IDX_FILES))
+        missing = [f"{f}.gz" for f in IDX_FILES if _find(best, f) is None]
+        problem, needs = f"nor in its subdirectory {name}/", f"{best} lacks {', '.join(missing)}"
+    fallbacks = f"${ENV_VAR}"
+    if name == "fashion-mnist":
+        fallbacks += f" or {FASHION_MNIST_SYSTEM_DIR} ('apt-get install dataset-fashion-mnist')"
+    where = f"{_PRETTY[name]} not found in --data-dir {data_dir} ({problem})"
+    return f"{where}: {needs}; or leave out --data-dir to use {fallbacks}"
+
+
+def _not_found_anywhere(name: str) -> str:
+    """The one-line error when neither $SOFTSYNC_DATA nor the system directory holds dataset ``name``."""
+    where = f" in ${ENV_VAR}={os.environ[ENV_VAR]} (and subdirectory {name}/)" if os.environ.get(ENV_VAR) else ""
     if name == "fashion-mnist":
         where = f"{where}{' or' if where else ' in'} {FASHION_MNIST_SYSTEM_DIR}"
-    if not places:
-        where += " (no --data-dir given and $SOFTSYNC_DATA unset)"
+    if not os.environ.get(ENV_VAR):
+        where += f" (no --data-dir given and ${ENV_VAR} unset)"
+    return f"{_PRETTY[name]} not found{where}: {_how_to_get(name)}"
+
+
+def _how_to_get(name: str) -> str:
     if name == "cifar10":
-        fix = (
+        return (
             "pass --data-dir DIR (or set $SOFTSYNC_DATA) holding cifar-10-batches-py/ "
-            "or cifar-10-batches-bin/ from https://www.cs.toronto.edu/~kriz/cifar.html"
+            f"or cifar-10-batches-bin/ from {CIFAR_URL}"
         )
-    else:
-        fix = (
-            f"pass --data-dir DIR (or set $SOFTSYNC_DATA) holding {IDX_FILES[0]}.gz, "
-            f"{IDX_FILES[1]}.gz, {IDX_FILES[2]}.gz and {IDX_FILES[3]}.gz"
-        )
-        if name == "fashion-mnist":
-            fix = f"install it with 'apt-get install dataset-fashion-mnist' or {fix}"
-    raise DataError(f"{pretty} not found{where}: {fix}")
+    fix = (
+        f"pass --data-dir DIR (or set $SOFTSYNC_DATA) holding {IDX_FILES[0]}.gz, "
+        f"{IDX_FILES[1]}.gz, {IDX_FILES[2]}.gz and {IDX_FILES[3]}.gz"
+    )
+    if name == "fashion-mnist":
+        fix = f"install it with 'apt-get install dataset-fashion-mnist' or {fix}"
+    return fix
 
 
 def _check_name(name: str) -> None:
@@ -246,16 +283,25 @@ def load_dataset(
     """Load dataset ``name`` (one of :data:`DATASETS`), preprocessed as in the paper.
 
     ``seed`` and ``synthetic_size`` only affect the synthetic set. Raises ``ConfigError``
-    for an unknown name and :class:`DataError` for missing or corrupt files.
+    for an unknown name and :class:`DataError` for missing or corrupt files, and for a set
+    without test samples (its test error would read 0, a perfect score nothing measured).
     """
     _check_name(name)
     if name == "synthetic":
+        if synthetic_size // 4 < 1:
+            raise DataError(
+                f"--synthetic-size {synthetic_size} leaves no test samples (the test set is a quarter of it, "
+                "rounded down): use at least 4"
+            )
         return _synthetic(seed, synthetic_size)
     directory = resolve_data_dir(name, data_dir)
     if name == "cifar10":
         train_x, train_y, test_x, test_y = _load_cifar(directory)
     else:
         train_x, train_y, test_x, test_y = _load_idx_split(directory)
+    if len(test_y) == 0:
+        test_file = "test_batch" if name == "cifar10" else IDX_FILES[2]
+        raise DataError(f"{directory / test_file}: no test samples, so no test error could be measured; re-download it")
     return _preprocess(name, train_x, train_y, test_x, test_y, NUM_CLASSES)
 
 

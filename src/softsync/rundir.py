@@ -131,13 +131,16 @@ def open_run_dir(config: Any, checkpoint: dict | None) -> tuple[Any, Path, RunLo
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl; a line cut short by a crash is skipped."""
+    """The records of a metrics.jsonl; a line cut short by a crash, or any other non-record line, is skipped."""
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a damaged byte spoils its line only
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        # what every reader relies on: an object with a whole-number epoch (not [1, 2], not {"epoch": "x"})
+        if isinstance(record, dict) and type(record.get("epoch")) is int:
+            records.append(record)
     return records
 
 

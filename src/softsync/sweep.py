@@ -16,6 +16,13 @@ An experiment file is TOML::
 A run whose directory has a summary is finished and skipped; one stopped with a checkpoint is
 resumed; one stopped before its first checkpoint is started again. Runs under the dist engine
 run one at a time, after the others, because they measure real speed.
+
+Damaged run directories: a ``config.json`` that cannot be read refuses the whole sweep, before
+anything runs, with one line naming the file, because the sweep cannot tell which run the
+directory holds and must not resume or restart someone else's run in it. A ``summary.json`` that
+cannot be read only costs that run's result: its row says "damaged: summary.json ..." and the
+others are run, tabulated and plotted; nothing in that directory is changed (remove it to run
+that run again).
 """
 from __future__ import annotations
 
@@ -162,10 +169,38 @@ def _flags(options: dict) -> list[str]:
     return flags
 
 
+def _unreadable(error: Exception) -> str:
+    """Why a JSON file of a run directory could not be used, in a few words."""
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(error, json.JSONDecodeError):
+        return "not JSON"
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r}"
+    return "not what softsync writes"
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """The config.json of ``run_dir``; ConfigError (one line naming it) when it is not a run's config."""
+    path = run_dir / CONFIG
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        reason = _unreadable(error)
+    else:
+        if isinstance(saved, dict):
+            return saved
+        reason = "not a JSON object"
+    raise ConfigError(f"{path} is not a run's config ({reason}), so the sweep cannot tell which run {run_dir} holds: "
+                      "remove that directory or use another --out")
+
+
 def run_state(run_dir: Path, options: dict) -> str:
-    """The run's progress (see rundir.run_progress); a different run in ``run_dir`` is an error."""
+    """The run's progress (see rundir.run_progress); another run in ``run_dir`` or a damaged config.json is an error."""
     if (run_dir / CONFIG).exists():
-        saved = json.loads((run_dir / CONFIG).read_text())
+        saved = _saved_config(run_dir)
         wanted = make_config(**options, out=str(run_dir)).resolved()
         changed = [key for key in wanted if key not in VOLATILE and saved.get(key) != wanted[key]]
         if changed:
@@ -210,15 +245,22 @@ def result_row(run: SweepRun, run_dir: Path, outcome: str | None = None) -> dict
     summary_path = run_dir / SUMMARY
     if not summary_path.exists():
         return {**row, "status": outcome if outcome and outcome.startswith("failed") else "not run"}
-    summary = json.loads(summary_path.read_text())
     records = read_metrics(run_dir / METRICS) if (run_dir / METRICS).exists() else []
+    try:
+        return {**row, **_summary_columns(json.loads(summary_path.read_text()), records)}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as error:  # any shape a damaged file has
+        damage = f"{SUMMARY} cannot be read ({_unreadable(error)}); remove {run_dir} to run it again"
+        return {**row, "status": f"damaged: {damage}"}
+
+
+def _summary_columns(summary: dict, records: list[dict]) -> dict:
+    """The results columns from a run's summary.json and metrics records."""
     staleness = summary["staleness"]
     config = summary["config"]
     protocol = parse_protocol(config["protocol"], config["learners"])
     histogram = StalenessStats({int(tau): count for tau, count in staleness["histogram"].items()})
     over = None if protocol.blocking else histogram.fraction_above(2 * protocol.n)  # n-softsync and async
     return {
-        **row,
         "status": summary["status"],
         "test_error": summary["test_error"],
         "epochs": records[-1]["epoch"] if records else 0,
@@ -284,9 +326,10 @@ def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_d
         outcome = execute(run, out)
         row = result_row(run, out / "runs" / run.name, outcome)
         error = "" if row.get("test_error") is None else f", test error {row['test_error']:.4f}"
+        shown = row["status"] if outcome == "ran" or row["status"].startswith("damaged") else outcome
         with reporting:
             outcomes[run.name] = outcome
-            log(f"[{len(outcomes)}/{total}] {run.name}: {outcome if outcome != 'ran' else row['status']}{error} ({time.monotonic() - begin:.0f} s)")
+            log(f"[{len(outcomes)}/{total}] {run.name}: {shown}{error} ({time.monotonic() - begin:.0f} s)")
 
     simulated = [run for run in experiment.runs if run.options.get("engine", "sim") == "sim"]
     distributed = [run for run in experiment.runs if run not in simulated]
