@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: a plain torch training loop, the baseline every ratio uses."""
+
 from __future__ import annotations
 
 import tempfile
@@ -30,6 +31,17 @@ def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int 
 def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, protocol: str = "async") -> float:
     """samples/s of a dist run on Fashion-MNIST (start-up and epoch-end evaluation left out)."""
     with tempfile.TemporaryDirectory() as out:
-        summary = train(engine="dist", protocol=protocol, learners=learners, batch_size=batch_size, model=model,
-                        epochs=epochs, lr=0.01, momentum=0.9, eval_samples=100, quiet=True, out=f"{out}/run")
+        summary = train(
+            engine="dist",
+            protocol=protocol,
+            learners=learners,
+            batch_size=batch_size,
+            model=model,
+            epochs=epochs,
+            lr=0.01,
+            momentum=0.9,
+            eval_samples=100,
+            quiet=True,
+            out=f"{out}/run",
+        )
     return summary["samples_per_s"]

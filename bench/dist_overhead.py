@@ -6,6 +6,7 @@ Both sides train on Fashion-MNIST (28×28×1) with μ = 32 and one torch thread:
 this process, softsync as 2 processes (server + 1 learner) through `softsync.train`, whose
 samples_per_s leaves out the epoch-end evaluation. Prints the samples/s ratio softsync/plain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,9 @@ import statistics
 
 import torch
 
-from common import plain_loop, softsync_rate
 from softsync.datasets import load_dataset
+
+from common import plain_loop, softsync_rate
 
 
 def main() -> None:
@@ -35,8 +37,10 @@ def main() -> None:
             rate = softsync_rate(model_name, 1, args.batch_size, args.epochs)
             plain = steps * args.batch_size / plain_loop(model_name, dataset, steps, args.batch_size, seed=repeat)
             ratios.append(rate / plain)
-            print(f"  {model_name:14s} repeat {repeat}: softsync {rate:8.0f} samples/s, "
-                  f"plain {plain:8.0f} samples/s, ratio {ratios[-1]:.3f}")
+            print(
+                f"  {model_name:14s} repeat {repeat}: softsync {rate:8.0f} samples/s, "
+                f"plain {plain:8.0f} samples/s, ratio {ratios[-1]:.3f}"
+            )
         print(f"{model_name}: median ratio softsync/plain = {statistics.median(ratios):.3f} (target >= 0.95)")
 
 

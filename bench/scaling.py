@@ -9,6 +9,7 @@ learner processes (plus the server process). Prints samples/s and the ratios 2 l
 2 learners/1 learner; samples_per_s leaves out the epoch-end evaluation. It also runs two
 independent plain loops at once (two processes): what two cores give this workload at best.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from common import plain_loop, softsync_rate
 from softsync.datasets import load_dataset
+
+from common import plain_loop, softsync_rate
 
 
 def two_plain_loops(model: str, batch_size: int, steps: int) -> float:
@@ -32,12 +34,17 @@ def two_plain_loops(model: str, batch_size: int, steps: int) -> float:
     time until the later one ends, so neither is timed while running alone.
     """
     start_at = time.time() + 15  # both have loaded and warmed up by then
-    code = ("import sys, time, torch; sys.path.insert(0, %r); from common import plain_loop; "
-            "from softsync.datasets import load_dataset; torch.set_num_threads(1); d = load_dataset('fashion-mnist'); "
-            "plain_loop(%r, d, 20, %d); time.sleep(max(0, %r - time.time())); plain_loop(%r, d, %d, %d); print(time.time())"
-            % (str(Path(__file__).parent), model, batch_size, start_at, model, steps, batch_size))
+    code = (
+        "import sys, time, torch; sys.path.insert(0, %r); from common import plain_loop; "  # noqa: UP031
+        "from softsync.datasets import load_dataset; torch.set_num_threads(1); d = load_dataset('fashion-mnist'); "
+        "plain_loop(%r, d, 20, %d); time.sleep(max(0, %r - time.time())); plain_loop(%r, d, %d, %d); print(time.time())"
+        % (str(Path(__file__).parent), model, batch_size, start_at, model, steps, batch_size)
+    )
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=environment) for _ in range(2)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=environment)
+        for _ in range(2)
+    ]
     ends = [float(child.communicate(timeout=3600)[0].split()[-1]) for child in children]
     return 2 * steps * batch_size / (max(ends) - start_at)
 
@@ -63,12 +70,16 @@ def main() -> None:
         versus_plain.append(two / plain)
         versus_one.append(two / one)
         ceiling.append(pair / plain)
-        print(f"  repeat {repeat}: plain {plain:7.0f}, 1 learner {one:7.0f}, 2 learners {two:7.0f}, "
-              f"2 independent plain loops {pair:7.0f} samples/s; 2 learners/plain {versus_plain[-1]:.3f}, "
-              f"2 learners/1 learner {versus_one[-1]:.3f}, 2 plain loops/plain {ceiling[-1]:.3f}")
-    print(f"median: 2 learners/plain = {statistics.median(versus_plain):.3f} (target >= 1.8), "
-          f"2 learners/1 learner = {statistics.median(versus_one):.3f}, "
-          f"machine ceiling (2 independent plain loops/plain) = {statistics.median(ceiling):.3f}")
+        print(
+            f"  repeat {repeat}: plain {plain:7.0f}, 1 learner {one:7.0f}, 2 learners {two:7.0f}, "
+            f"2 independent plain loops {pair:7.0f} samples/s; 2 learners/plain {versus_plain[-1]:.3f}, "
+            f"2 learners/1 learner {versus_one[-1]:.3f}, 2 plain loops/plain {ceiling[-1]:.3f}"
+        )
+    print(
+        f"median: 2 learners/plain = {statistics.median(versus_plain):.3f} (target >= 1.8), "
+        f"2 learners/1 learner = {statistics.median(versus_one):.3f}, "
+        f"machine ceiling (2 independent plain loops/plain) = {statistics.median(ceiling):.3f}"
+    )
 
 
 if __name__ == "__main__":

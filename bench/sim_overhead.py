@@ -8,6 +8,7 @@ excluded). Plain side: the same number of μ-sized steps of torch.optim.SGD on t
 data. Both sides run in this process with one torch thread, alternately; the ratio of each pair
 is printed and the median reported (the machine is shared, so absolute times drift).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,17 +18,30 @@ import time
 
 import torch
 
-from common import plain_loop
 from softsync import train
 from softsync.datasets import load_dataset
+
+from common import plain_loop
 
 
 def simulated_epoch(model_name: str, dataset, batch_size: int, seed: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        summary = train(data=dataset, dataset=dataset.name, model=model_name, protocol="30-softsync", learners=30,
-                        batch_size=batch_size, lr=0.01, momentum=0.9, epochs=1, seed=seed, eval_samples=1,
-                        quiet=True, out=f"{out}/run")
+        summary = train(
+            data=dataset,
+            dataset=dataset.name,
+            model=model_name,
+            protocol="30-softsync",
+            learners=30,
+            batch_size=batch_size,
+            lr=0.01,
+            momentum=0.9,
+            epochs=1,
+            seed=seed,
+            eval_samples=1,
+            quiet=True,
+            out=f"{out}/run",
+        )
         return time.perf_counter() - start, summary["gradients"]
 
 
@@ -54,8 +68,10 @@ def main() -> None:
             sim_s, steps = simulated_epoch(model_name, dataset, args.batch_size, seed=repeat)
             plain_s = plain_loop(model_name, dataset, steps, args.batch_size, seed=repeat)
             ratios.append(sim_s / plain_s)
-            print(f"  {model_name:10s} repeat {repeat}: sim epoch {sim_s:7.2f} s, plain loop {plain_s:7.2f} s "
-                  f"({steps} steps), ratio {ratios[-1]:.3f}")
+            print(
+                f"  {model_name:10s} repeat {repeat}: sim epoch {sim_s:7.2f} s, plain loop {plain_s:7.2f} s "
+                f"({steps} steps), ratio {ratios[-1]:.3f}"
+            )
         print(f"{model_name}: median ratio sim/plain = {statistics.median(ratios):.3f} (target <= 1.3)")
 
 

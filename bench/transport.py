@@ -8,6 +8,7 @@ the real dist server (async, 1 learner) and a real learner whose gradient comput
 (it pushes zeros), so every step is exactly push → server update → pull. Prints bytes/s of both
 and the ratio softsync/raw.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,17 @@ def raw(rank: int, push: int, pull: int, messages: int) -> None:
 def softsync(rank: int, model: str, batch_size: int, epochs: int, out: str) -> None:
     from softsync.engines import dist as engine
 
-    config = make_config(engine="dist", protocol="async", learners=1, batch_size=batch_size, model=model, epochs=epochs,
-                         eval_samples=10, quiet=True, out=out)
+    config = make_config(
+        engine="dist",
+        protocol="async",
+        learners=1,
+        batch_size=batch_size,
+        model=model,
+        epochs=epochs,
+        eval_samples=10,
+        quiet=True,
+        out=out,
+    )
     if rank == 1:
         original_init = engine.DistLearner.__init__
 
@@ -75,10 +85,22 @@ def softsync(rank: int, model: str, batch_size: int, epochs: int, out: str) -> N
 
 
 def spawn(arguments: list[str]) -> dict:
-    environment = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
-                   "OMP_NUM_THREADS": "1"}
-    children = [subprocess.Popen([sys.executable, __file__, "--rank", str(rank), *arguments], stdout=subprocess.PIPE,
-                                 text=True, env={**environment, "RANK": str(rank)}) for rank in (0, 1)]
+    environment = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--rank", str(rank), *arguments],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**environment, "RANK": str(rank)},
+        )
+        for rank in (0, 1)
+    ]
     outputs = [child.communicate(timeout=600)[0] for child in children]
     assert all(child.returncode == 0 for child in children), outputs
     return json.loads(next(line for output in outputs for line in output.splitlines() if line.startswith("{")))
@@ -88,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="softsync epochs of N//μ steps; raw does as many round trips")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="softsync epochs of N//μ steps; raw does as many round trips"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
@@ -100,7 +124,9 @@ def main() -> None:
         return raw(args.rank, push, pull, args.epochs * (60000 // args.batch_size))
     if args.mode == "softsync":
         return softsync(args.rank, args.model, args.batch_size, args.epochs, args.out)
-    print(f"{args.model}: push {push * 4 / 1e3:.0f} kB, pull {pull * 4 / 1e3:.0f} kB per step; 2 processes, 1 thread each")
+    print(
+        f"{args.model}: push {push * 4 / 1e3:.0f} kB, pull {pull * 4 / 1e3:.0f} kB per step; 2 processes, 1 thread each"
+    )
     ratios = []
     for repeat in range(args.repeats):
         common = ["--model", args.model, "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
@@ -109,7 +135,10 @@ def main() -> None:
             rate = spawn(["--mode", "softsync", *common, "--out", out + "/run"])
         ours = rate["messages_per_s"] * (push + pull) * 4
         ratios.append(ours / raw_rate)
-        print(f"  repeat {repeat}: raw gloo {raw_rate / 1e9:.2f} GB/s, softsync push+pull {ours / 1e9:.2f} GB/s, ratio {ratios[-1]:.3f}")
+        print(
+            f"  repeat {repeat}: raw gloo {raw_rate / 1e9:.2f} GB/s, "
+            f"softsync push+pull {ours / 1e9:.2f} GB/s, ratio {ratios[-1]:.3f}"
+        )
     print(f"{args.model}: median ratio softsync/raw = {statistics.median(ratios):.3f} (target >= 0.8)")
 
 

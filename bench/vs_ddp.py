@@ -10,6 +10,7 @@ Everything runs twice: all learners at full speed, then with the second slowed 2
 at every epoch end on the full test set; "time to target" is the wall time (evaluations included,
 alike for both) at the first epoch end whose accuracy reaches the target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def ddp_rank(rank: int, args) -> None:
     torch.set_num_threads(1)
     dataset = load_dataset("fashion-mnist")
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=300))
-    model = torch.nn.parallel.DistributedDataParallel(build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0))
+    model = torch.nn.parallel.DistributedDataParallel(
+        build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     slowdown = 1.0 if (args.straggler and rank == 1) else 0.0  # speed 0.5: sleep as long as it computed
     rounds = len(dataset.train_y) // (2 * args.batch_size)
@@ -70,10 +73,22 @@ def ddp_rank(rank: int, args) -> None:
 
 def run_ddp(args, straggler: bool) -> dict:
     environment = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, __file__, "--epochs", str(args.epochs), "--model", args.model, "--lr", str(args.lr),
-               "--batch-size", str(args.batch_size)] + (["--straggler"] if straggler else [])
-    children = [subprocess.Popen(command + ["--ddp-rank", str(rank)], stdout=subprocess.PIPE, text=True, env=environment)
-                for rank in (0, 1)]
+    command = [
+        sys.executable,
+        __file__,
+        "--epochs",
+        str(args.epochs),
+        "--model",
+        args.model,
+        "--lr",
+        str(args.lr),
+        "--batch-size",
+        str(args.batch_size),
+    ] + (["--straggler"] if straggler else [])
+    children = [
+        subprocess.Popen(command + ["--ddp-rank", str(rank)], stdout=subprocess.PIPE, text=True, env=environment)
+        for rank in (0, 1)
+    ]
     outputs = [child.communicate(timeout=3600)[0] for child in children]
     assert all(child.returncode == 0 for child in children), outputs
     return json.loads(outputs[0].strip().splitlines()[-1])
@@ -81,9 +96,19 @@ def run_ddp(args, straggler: bool) -> dict:
 
 def run_softsync(args, protocol: str, straggler: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        summary = train(engine="dist", protocol=protocol, learners=2, batch_size=args.batch_size, model=args.model,
-                        lr=args.lr, momentum=0.9, epochs=args.epochs, quiet=True, out=f"{out}/run",
-                        learner_speeds="1,0.5" if straggler else "")
+        summary = train(
+            engine="dist",
+            protocol=protocol,
+            learners=2,
+            batch_size=args.batch_size,
+            model=args.model,
+            lr=args.lr,
+            momentum=0.9,
+            epochs=args.epochs,
+            quiet=True,
+            out=f"{out}/run",
+            learner_speeds="1,0.5" if straggler else "",
+        )
         records = [json.loads(line) for line in open(f"{out}/run/metrics.jsonl")]
     return {"records": records, "samples_per_s": summary["samples_per_s"]}
 
@@ -107,8 +132,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.ddp_rank is not None:
         return ddp_rank(args.ddp_rank, args)
-    print(f"{args.model}, Fashion-MNIST, 2 processes × μ = {args.batch_size}, lr {args.lr}, momentum 0.9, "
-          f"{args.epochs} epochs, target accuracy {args.target:.0%}")
+    print(
+        f"{args.model}, Fashion-MNIST, 2 processes × μ = {args.batch_size}, lr {args.lr}, momentum 0.9, "
+        f"{args.epochs} epochs, target accuracy {args.target:.0%}"
+    )
     for straggler in (False, True):
         print("with the second learner slowed 2×:" if straggler else "all learners at full speed:")
         results = {"DDP (all-reduce)": run_ddp(args, straggler)}
@@ -116,8 +143,10 @@ def main() -> None:
             results[f"softsync {protocol}"] = run_softsync(args, protocol, straggler)
         for name, result in results.items():
             errors = " ".join(f"{r['test_error']:.3f}" for r in result["records"])
-            print(f"  {name:22s} {result['samples_per_s']:7.0f} samples/s, to {args.target:.0%}: "
-                  f"{time_to(result['records'], args.target)}; test error by epoch: {errors}")
+            print(
+                f"  {name:22s} {result['samples_per_s']:7.0f} samples/s, to {args.target:.0%}: "
+                f"{time_to(result['records'], args.target)}; test error by epoch: {errors}"
+            )
 
 
 if __name__ == "__main__":

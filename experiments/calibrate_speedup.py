@@ -8,12 +8,12 @@ Prints, for experiments/speedup-predicted.toml:
 - the latency and bandwidth of gloo send/recv between two processes on 127.0.0.1.
 Run it on a quiet machine: it measures speed.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from datetime import timedelta
 
@@ -31,12 +31,25 @@ from softsync.models import build_model, count_parameters
 def alexnet(classes: int = 1000) -> nn.Module:
     """Krizhevsky et al.'s network as in torchvision (61M parameters): the paper's ImageNet model size."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Flatten(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes),
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, classes),
     )
 
 
@@ -53,7 +66,9 @@ def gradient_seconds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
 def ping_pong(rank: int, port: int, sizes: list[int], repeats: int, results) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     for size in sizes:
         message = torch.zeros(max(1, size // 4))
         times = []
@@ -93,10 +108,14 @@ def main() -> None:
     mp.spawn(ping_pong, args=(free_port(), sizes, 20, results), nprocs=2, join=True)
     latency = results[4]
     bandwidth = sizes[2] / (results[sizes[2]] - latency)
-    print(f"paper-cifar10 on 28×28×1: {small_params} parameters, gradient of μ={args.batch_size}: {small_s * 1e3:.2f} ms")
+    print(
+        f"paper-cifar10 on 28×28×1: {small_params} parameters, gradient of μ={args.batch_size}: {small_s * 1e3:.2f} ms"
+    )
     print(f"AlexNet on 224×224×3: {big_params} parameters, gradient of μ={args.batch_size}: {big_s:.3f} s")
-    print(f"gloo on 127.0.0.1: latency {latency * 1e6:.0f} µs, bandwidth {bandwidth / 1e9:.2f} GB/s; "
-          f"a paper-cifar10 message takes {results[sizes[1]] * 1e3:.3f} ms")
+    print(
+        f"gloo on 127.0.0.1: latency {latency * 1e6:.0f} µs, bandwidth {bandwidth / 1e9:.2f} GB/s; "
+        f"a paper-cifar10 message takes {results[sizes[1]] * 1e3:.3f} ms"
+    )
     print("for experiments/speedup-predicted.toml:")
     print(f"  small: step_time = {small_s:.5f}, message_bytes = {small_params * 4}")
     print(f"  large: step_time = {big_s:.4f}, message_bytes = {72_000_000 * 4} (72M parameters)")

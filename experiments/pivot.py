@@ -3,6 +3,7 @@
     python experiments/pivot.py runs/experiments/mulambda/results.csv \\
         --rows learners --cols batch_size --value test_error --where protocol=async
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Run it as rank 1 of a dist run (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, as under
 torchrun). Its first pushes carry one fault each (FAULTS); after that it is an ordinary learner.
 """
+
 import os
 import socket
 import sys

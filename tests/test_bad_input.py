@@ -1,4 +1,5 @@
 """The bad-input battery through `softsync train`, under both engines: one line, exit 2, nothing damaged."""
+
 import gzip
 import json
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from softsync.cli import main
+
 from test_datasets import make_mnist
 
 ENGINES = ["sim", "dist"]
@@ -44,8 +46,27 @@ def test_damaged_dataset_files(tmp_path, capfd, engine, damage):
     make_mnist(data, n_train=64, n_test=16)
     damage(data / "train-images-idx3-ubyte.gz")
     out = tmp_path / "run"
-    line = fails_with_one_line(["train", "--engine", engine, "--dataset", "mnist", "--data-dir", str(data), "--learners", "2",
-                                "--batch-size", "8", "--model", "logreg", "--quiet", "--out", str(out)], capfd)
+    line = fails_with_one_line(
+        [
+            "train",
+            "--engine",
+            engine,
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(data),
+            "--learners",
+            "2",
+            "--batch-size",
+            "8",
+            "--model",
+            "logreg",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capfd,
+    )
     assert "train-images-idx3-ubyte" in line or "not found" in line
     assert not out.exists()
 
@@ -53,7 +74,25 @@ def test_damaged_dataset_files(tmp_path, capfd, engine, damage):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", "--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--learners", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "logreg",
+                "--epochs",
+                "1",
+                "--learners",
+                "2",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -98,16 +137,46 @@ def test_resume_from_a_directory_that_is_not_a_run(tmp_path, capfd):
 def test_unwritable_out(tmp_path, capfd, engine):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    line = fails_with_one_line(["train", "--engine", engine, "--dataset", "synthetic", "--model", "logreg", "--learners", "2",
-                                "--quiet", "--out", str(blocker / "run")], capfd)
+    line = fails_with_one_line(
+        [
+            "train",
+            "--engine",
+            engine,
+            "--dataset",
+            "synthetic",
+            "--model",
+            "logreg",
+            "--learners",
+            "2",
+            "--quiet",
+            "--out",
+            str(blocker / "run"),
+        ],
+        capfd,
+    )
     assert "--out" in line and "not writable" in line
     assert blocker.read_text() == "x"
 
 
 def test_a_run_directory_under_dist_is_never_overwritten(tmp_path, capfd, finished_run):
     before = snapshot(finished_run)
-    line = fails_with_one_line(["train", "--engine", "dist", "--dataset", "synthetic", "--model", "logreg", "--learners", "2",
-                                "--quiet", "--out", str(finished_run)], capfd)
+    line = fails_with_one_line(
+        [
+            "train",
+            "--engine",
+            "dist",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "logreg",
+            "--learners",
+            "2",
+            "--quiet",
+            "--out",
+            str(finished_run),
+        ],
+        capfd,
+    )
     assert "already holds a run" in line
     assert snapshot(finished_run) == before
 

@@ -1,4 +1,5 @@
 """The command line: every bad value exits 2 with one line, and nothing already written is damaged."""
+
 import json
 import os
 import subprocess
@@ -57,15 +58,32 @@ def test_bad_flags_exit_2_with_one_line_naming_the_value(flags, names, capsys, t
 
 def test_missing_data_says_how_to_get_it(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("SOFTSYNC_DATA", raising=False)
-    line = fails_with_one_line(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "r")], capsys)
+    line = fails_with_one_line(
+        ["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "r")], capsys
+    )
     assert "mnist" in line.lower() and "--data-dir" in line
 
 
 def test_an_empty_test_set_is_refused_before_the_run_directory_exists(tmp_path, capsys):
     """Issue 9 item 8: --synthetic-size 3 leaves no test sample; it printed "test error 0.0000"."""
     out = tmp_path / "run"
-    line = fails_with_one_line(["train", "--dataset", "synthetic", "--synthetic-size", "3", "--batch-size", "1",
-                                "--learners", "1", "--quiet", "--out", str(out)], capsys)
+    line = fails_with_one_line(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "3",
+            "--batch-size",
+            "1",
+            "--learners",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert "no test samples" in line
     assert not out.exists()
 
@@ -191,7 +209,10 @@ def test_whole_numbers_beyond_what_the_engine_can_hold_are_refused(flags, names,
 
 def test_config_file_values_and_flag_override(tmp_path, capsys):
     config = tmp_path / "run.toml"
-    config.write_text('dataset = "synthetic"\nmodel = "logreg"\nlearners = 2\nprotocol = "async"\nepochs = 1\nbatch-size = 64\nquiet = true\nlr-steps = [1]\n')
+    config.write_text(
+        'dataset = "synthetic"\nmodel = "logreg"\nlearners = 2\nprotocol = "async"\nepochs = 1\n'
+        "batch-size = 64\nquiet = true\nlr-steps = [1]\n"
+    )
     out = tmp_path / "run"
     assert main(["train", "--config", str(config), "--batch-size", "128", "--out", str(out)]) == 0
     resolved = json.loads((out / "summary.json").read_text())["config"]
@@ -254,8 +275,13 @@ def test_plot_writes_pngs_and_refuses_a_non_run(tmp_path, capsys):
 def test_real_process_errors_have_no_traceback(tmp_path):
     softsync = Path(sys.executable).with_name("softsync")
     for flags in (["--protocol", "31-softsync", "--learners", "30"], ["--batch-size", "-3"]):
-        done = subprocess.run([str(softsync), "train", *flags, "--out", str(tmp_path / "r")], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(
+            [str(softsync), "train", *flags, "--out", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -285,10 +311,16 @@ def test_host_must_name_an_address(tmp_path, capsys):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from softsync.config import FIELDS, ConfigError, TrainConfig, make_config  # noqa: E402
+from softsync.config import FIELDS, TrainConfig  # noqa: E402
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
-                   st.text(max_size=12), st.lists(st.integers(-5, 200), max_size=4))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 200), max_size=4),
+)
 
 
 @settings(max_examples=300, deadline=None)

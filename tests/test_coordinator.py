@@ -1,4 +1,5 @@
 """The coordinator, event by event, without transport or time: membership, answers, resume."""
+
 import math
 
 import torch
@@ -27,11 +28,19 @@ def test_hardsync_answers_a_round_together_in_learner_order():
     coordinator, _ = make()
     assert coordinator.pull(2).answers == [] and coordinator.pull(0).answers == []
     answers = coordinator.pull(1).answers
-    assert [(learner, work.batch.index, work.timestamp) for learner, work in answers] == [(0, 0, 0), (1, 1, 0), (2, 2, 0)]
+    assert [(learner, work.batch.index, work.timestamp) for learner, work in answers] == [
+        (0, 0, 0),
+        (1, 1, 0),
+        (2, 2, 0),
+    ]
     assert push(coordinator, 0).answers == [] and push(coordinator, 1).answers == []
     outcome = push(coordinator, 2)
     assert outcome.updated and coordinator.server.clock == 1
-    assert [(learner, work.batch.index, work.timestamp) for learner, work in outcome.answers] == [(0, 3, 1), (1, 4, 1), (2, 5, 1)]
+    assert [(learner, work.batch.index, work.timestamp) for learner, work in outcome.answers] == [
+        (0, 3, 1),
+        (1, 4, 1),
+        (2, 5, 1),
+    ]
 
 
 def test_a_lost_learner_completes_the_round_it_held_up_and_its_batch_goes_to_another():

@@ -43,7 +43,7 @@ def make_mnist(directory: Path, n_train: int = 6, n_test: int = 3, gz: bool = Tr
         rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         rng.integers(0, 10, n_test, dtype=np.uint8),
     )
-    for name, array in zip(datasets.IDX_FILES, arrays):
+    for name, array in zip(datasets.IDX_FILES, arrays, strict=True):
         write_idx(directory / name, array, gz)
     return arrays
 
@@ -297,7 +297,11 @@ def test_cifar_truncated_binary(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"garbage", pickle.dumps({b"labels": [1]}), pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]})],
+    [
+        b"garbage",
+        pickle.dumps({b"labels": [1]}),
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}),
+    ],
 )
 def test_cifar_corrupt_pickle(tmp_path, content):
     make_cifar(tmp_path, "py")

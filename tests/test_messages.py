@@ -1,5 +1,6 @@
 """The dist server's message handling, in-process: every malformed message is rejected, counted and
 never applied, and never stops the server (no transport: sends are recorded)."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,17 @@ from softsync.rundir import create_run_dir
 
 
 def make_server(tmp_path, protocol="async", learners=2):
-    config = make_config(engine="dist", dataset="synthetic", model="logreg", learners=learners, protocol=protocol,
-                         batch_size=16, epochs=2, quiet=True, out=str(tmp_path / "run"))
+    config = make_config(
+        engine="dist",
+        dataset="synthetic",
+        model="logreg",
+        learners=learners,
+        protocol=protocol,
+        batch_size=16,
+        epochs=2,
+        quiet=True,
+        out=str(tmp_path / "run"),
+    )
     out, _ = create_run_dir(config.out, config)
     server = DistServer(build_components(config, out), timeout=60)
     server.sent = []
@@ -47,10 +57,20 @@ def test_pull_then_push_applies_one_update(tmp_path):
     assert server.server.rejected_gradients == 0
 
 
-@pytest.mark.parametrize("bad", [
-    dict(sender=1), dict(kind=99), dict(kind=STOP), dict(index=5), dict(epoch=3),
-    dict(timestamp=7), dict(timestamp=-3), dict(gradient=float("nan")), dict(gradient=float("inf")),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(sender=1),
+        dict(kind=99),
+        dict(kind=STOP),
+        dict(index=5),
+        dict(epoch=3),
+        dict(timestamp=7),
+        dict(timestamp=-3),
+        dict(gradient=float("nan")),
+        dict(gradient=float("inf")),
+    ],
+)
 def test_a_bad_message_is_rejected_counted_and_not_applied(tmp_path, bad):
     server = make_server(tmp_path)
     deliver(server, 0, PULL)
@@ -73,8 +93,11 @@ FIELDS = ["kind", "sender", "timestamp", "epoch", "index", "value"]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from([None, *FIELDS]), number=st.integers(-2**31, 2**31 - 1),
-       value=st.floats(allow_nan=True, allow_infinity=True, width=32))
+@given(
+    field=st.sampled_from([None, *FIELDS]),
+    number=st.integers(-(2**31), 2**31 - 1),
+    value=st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
 def test_no_message_stops_the_server_or_applies_anything_invalid(tmp_path_factory, field, number, value):
     """A valid push with at most one field changed: the valid ones are applied, every other is rejected."""
     server = make_server(tmp_path_factory.mktemp("fuzz"))
@@ -83,10 +106,20 @@ def test_no_message_stops_the_server_or_applies_anything_invalid(tmp_path_factor
     valid = dict(kind=PUSH, sender=0, timestamp=0, epoch=batch.epoch, index=batch.index, value=0.01)
     message = {**valid, **({field: value if field == "value" else number} if field else {})}
     before = server.server.weights.clone()
-    deliver(server, 0, message["kind"], sender=message["sender"], timestamp=message["timestamp"],
-            epoch=message["epoch"], index=message["index"], gradient=message["value"])
+    deliver(
+        server,
+        0,
+        message["kind"],
+        sender=message["sender"],
+        timestamp=message["timestamp"],
+        epoch=message["epoch"],
+        index=message["index"],
+        gradient=message["value"],
+    )
     finite = bool(torch.isfinite(torch.full((server.server.weights.numel(),), message["value"]).sum()))
-    if {k: v for k, v in message.items() if k != "value"} == {k: v for k, v in valid.items() if k != "value"} and finite:
+    if {k: v for k, v in message.items() if k != "value"} == {
+        k: v for k, v in valid.items() if k != "value"
+    } and finite:
         assert server.server.clock == 1 and server.server.rejected_gradients == 0
     else:
         assert server.server.clock == 0 and torch.equal(before, server.server.weights)

@@ -24,7 +24,7 @@ def test_seeded_initialisation_leaves_the_global_rng_alone():
     after = torch.rand(1)
     b = build_model("mlp", (1, 28, 28), 10, seed=7)
     assert torch.equal(before, after)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_unknown_model_names_the_choices():

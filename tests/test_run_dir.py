@@ -1,13 +1,14 @@
 """A run directory's life: one writer at a time, a failed start can start again, checkpoints that cannot be
 written or read. Regression tests of issue 9 (items 4, 9, 10, 11, 13)."""
+
 import errno
 
 import pytest
 import torch
 
 from softsync.cli import main
-from softsync.rundir import RunLock, create_run_dir
 from softsync.config import make_config
+from softsync.rundir import RunLock, create_run_dir
 
 from helpers import epochs, fails_with_one_line
 
@@ -67,8 +68,16 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
     assert not (finished / "checkpoint.pt.tmp").exists()
 
 
-@pytest.mark.parametrize("part, key", [("server", "weights"), ("server", "optimizer"), ("data", "reissue"),
-                                       ("coordinator", "in_flight"), ("engine", "events")])
+@pytest.mark.parametrize(
+    "part, key",
+    [
+        ("server", "weights"),
+        ("server", "optimizer"),
+        ("data", "reissue"),
+        ("coordinator", "in_flight"),
+        ("engine", "events"),
+    ],
+)
 def test_a_checkpoint_missing_a_part_of_its_state_is_one_line(finished, capsys, part, key):
     """Item 11: a damaged checkpoint (a state without one of its entries) is refused with one line, exit 2."""
     path = finished / "checkpoint.pt"
@@ -90,5 +99,7 @@ def test_a_checkpoint_of_another_format_is_refused(finished, capsys):
 def test_resuming_with_fewer_epochs_than_done_is_refused(finished, capsys):
     """Item 13: `--resume R --epochs 1` on a 2-epoch run would write epochs: 1 beside 2 epochs of metrics."""
     before = snapshot(finished)
-    assert "already trained 2 epochs" in fails_with_one_line(["train", "--resume", str(finished), "--epochs", "1"], capsys)
+    assert "already trained 2 epochs" in fails_with_one_line(
+        ["train", "--resume", str(finished), "--epochs", "1"], capsys
+    )
     assert snapshot(finished) == before

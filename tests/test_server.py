@@ -1,4 +1,5 @@
 """The parameter-server core against the update rule of docs/design.md §1, by hand."""
+
 import math
 
 import pytest
@@ -42,8 +43,15 @@ def test_step_schedule():
 
 def make_server(protocol="2-softsync", learners=4, policy="staleness", momentum=0.0, weight_decay=0.0):
     weights = torch.zeros(3)
-    return ParameterServer(weights, parse_protocol(protocol, learners), learners, lr=0.5, momentum=momentum,
-                           weight_decay=weight_decay, lr_policy=policy)
+    return ParameterServer(
+        weights,
+        parse_protocol(protocol, learners),
+        learners,
+        lr=0.5,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        lr_policy=policy,
+    )
 
 
 def test_update_is_the_papers_rule_with_tau_from_the_clock():
@@ -93,8 +101,12 @@ def test_momentum_and_weight_decay_go_through_torch_sgd():
 
 def test_non_finite_future_and_wrong_size_gradients_are_rejected_and_counted():
     server = make_server("async", learners=2)
-    for bad, timestamp in ((torch.tensor([1.0, float("nan"), 0.0]), 0), (torch.tensor([float("inf"), 0.0, 0.0]), 0),
-                           (torch.ones(3), 1), (torch.ones(4), 0)):
+    for bad, timestamp in (
+        (torch.tensor([1.0, float("nan"), 0.0]), 0),
+        (torch.tensor([float("inf"), 0.0, 0.0]), 0),
+        (torch.ones(3), 1),
+        (torch.ones(4), 0),
+    ):
         result = server.push(bad, timestamp, learner=0)
         assert not result.accepted and result.reason
     assert server.rejected_gradients == 4 and server.accepted_gradients == 0 and server.clock == 0

@@ -1,4 +1,5 @@
 """Oracles for the simulation engine: exact equivalences, the paper's staleness facts, replay."""
+
 import json
 
 import pytest
@@ -32,7 +33,18 @@ def test_hardsync_lambda_learners_of_mu_equals_one_learner_of_mu_lambda(tmp_path
 
 def test_async_with_one_learner_is_plain_torch_sgd(tmp_path, synthetic):
     hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
-    out, summary = run(tmp_path, "async", synthetic, protocol="async", learners=1, batch_size=16, model="mlp", epochs=2, seed=5, **hyper)
+    out, summary = run(
+        tmp_path,
+        "async",
+        synthetic,
+        protocol="async",
+        learners=1,
+        batch_size=16,
+        model="mlp",
+        epochs=2,
+        seed=5,
+        **hyper,
+    )
     model = build_model("mlp", synthetic.input_shape, synthetic.num_classes, seed=5)
     optimizer = torch.optim.SGD(model.parameters(), **hyper)
     steps = 0
@@ -52,7 +64,9 @@ def test_async_with_one_learner_is_plain_torch_sgd(tmp_path, synthetic):
 @pytest.mark.parametrize("protocol, n", [("1-softsync", 1), ("15-softsync", 15), ("30-softsync", 30), ("hardsync", 0)])
 def test_paper_fig1_staleness_facts(tmp_path, synthetic, protocol, n):
     epochs = 40 if protocol == "hardsync" else 8
-    _, summary = run(tmp_path, protocol, synthetic, protocol=protocol, learners=30, batch_size=4, model="logreg", epochs=epochs)
+    _, summary = run(
+        tmp_path, protocol, synthetic, protocol=protocol, learners=30, batch_size=4, model="logreg", epochs=epochs
+    )
     staleness = summary["staleness"]
     histogram = {int(t): k for t, k in staleness["histogram"].items()}
     total = sum(histogram.values())
@@ -69,8 +83,16 @@ def test_paper_fig1_staleness_facts(tmp_path, synthetic, protocol, n):
 
 
 def test_same_seed_replays_bit_for_bit_and_another_seed_does_not(tmp_path, synthetic):
-    options = dict(protocol="2-softsync", learners=6, batch_size=8, model="mlp", epochs=2, step_jitter=0.3,
-                   learner_speeds="1,1,1,0.5,1,2", momentum=0.9)
+    options = dict(
+        protocol="2-softsync",
+        learners=6,
+        batch_size=8,
+        model="mlp",
+        epochs=2,
+        step_jitter=0.3,
+        learner_speeds="1,1,1,0.5,1,2",
+        momentum=0.9,
+    )
     first, a = run(tmp_path, "a", synthetic, seed=11, **options)
     second, b = run(tmp_path, "b", synthetic, seed=11, **options)
     third, c = run(tmp_path, "c", synthetic, seed=12, **options)
@@ -78,7 +100,10 @@ def test_same_seed_replays_bit_for_bit_and_another_seed_does_not(tmp_path, synth
     assert a["staleness"] == b["staleness"] and a["virtual_s"] == b["virtual_s"]
 
     def metrics(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in (path / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall_s"}
+            for line in (path / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert metrics(first) == metrics(second)
     assert not torch.equal(final_weights(first), final_weights(third))
@@ -111,29 +136,63 @@ def test_epochs_end_in_order_when_their_gradients_have_arrived():
 
 
 def test_async_counts_and_the_learning_rate_schedule(tmp_path, synthetic):
-    out, summary = run(tmp_path, "steps", synthetic, protocol="async", learners=3, batch_size=32, model="logreg",
-                       epochs=3, lr=0.1, lr_steps="1,2", lr_gamma=0.5)
+    out, summary = run(
+        tmp_path,
+        "steps",
+        synthetic,
+        protocol="async",
+        learners=3,
+        batch_size=32,
+        model="logreg",
+        epochs=3,
+        lr=0.1,
+        lr_steps="1,2",
+        lr_gamma=0.5,
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert summary["updates"] == summary["gradients"] == 3 * (2048 // 32)
     assert summary["samples"] == summary["gradients"] * 32
     # lr after epoch k's end is the rate of epoch k+1: 0.1 → 0.05 → 0.025
     assert [r["lr"] for r in records] == pytest.approx([0.05, 0.025, 0.025])
-    for key in ("epoch", "updates", "gradients", "samples", "wall_s", "lr", "train_loss", "test_loss", "test_error",
-                "staleness_mean", "virtual_s"):
+    for key in (
+        "epoch",
+        "updates",
+        "gradients",
+        "samples",
+        "wall_s",
+        "lr",
+        "train_loss",
+        "test_loss",
+        "test_error",
+        "staleness_mean",
+        "virtual_s",
+    ):
         assert key in records[0]
 
 
 def test_divergence_ends_with_status_diverged(tmp_path, synthetic):
-    out, summary = run(tmp_path, "boom", synthetic, protocol="async", learners=2, batch_size=8, model="mlp",
-                       lr=1e6, lr_policy="constant", momentum=0.9, epochs=2)
+    out, summary = run(
+        tmp_path,
+        "boom",
+        synthetic,
+        protocol="async",
+        learners=2,
+        batch_size=8,
+        model="mlp",
+        lr=1e6,
+        lr_policy="constant",
+        momentum=0.9,
+        epochs=2,
+    )
     assert summary["status"] == "diverged"
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, synthetic, monkeypatch):
-    options = dict(protocol="3-softsync", learners=6, batch_size=16, model="mlp", epochs=4, momentum=0.9,
-                   step_jitter=0.3, seed=2)
+    options = dict(
+        protocol="3-softsync", learners=6, batch_size=16, model="mlp", epochs=4, momentum=0.9, step_jitter=0.3, seed=2
+    )
     whole, whole_summary = run(tmp_path, "whole", synthetic, **options)
 
     crash_after_checkpoint(monkeypatch, lambda clock, ended: ended == 2)  # right after the epoch-2 checkpoint
@@ -164,7 +223,9 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, synthetic):
 
 def test_any_nn_module_through_the_python_api(tmp_path, synthetic):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
-    _, summary = run(tmp_path, "custom", synthetic, module=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05)
+    _, summary = run(
+        tmp_path, "custom", synthetic, module=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05
+    )
     assert summary["status"] == "completed" and summary["test_error"] < 0.5
 
 
@@ -183,7 +244,9 @@ def test_a_rejected_gradient_is_redone_and_its_batch_used_once(tmp_path, synthet
 
     monkeypatch.setattr(Learner, "gradient", sometimes_nan)
     for protocol in ("hardsync", "2-softsync"):
-        _, summary = run(tmp_path, protocol, synthetic, protocol=protocol, learners=4, batch_size=16, model="logreg", epochs=2)
+        _, summary = run(
+            tmp_path, protocol, synthetic, protocol=protocol, learners=4, batch_size=16, model="logreg", epochs=2
+        )
         assert summary["status"] == "completed"
         assert summary["rejected_gradients"] > 0
         per_epoch = 2048 // 16 if protocol != "hardsync" else (2048 // 64) * 4
@@ -202,8 +265,18 @@ def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_pat
 
     monkeypatch.setattr(SimEngine, "compute", record)
     # speeds and jitter scramble the push order; the assignment must not depend on it
-    run(tmp_path, "order", synthetic, protocol="hardsync", learners=4, batch_size=16, model="logreg", epochs=2,
-        step_jitter=0.5, learner_speeds="1,0.3,2,0.7")
+    run(
+        tmp_path,
+        "order",
+        synthetic,
+        protocol="hardsync",
+        learners=4,
+        batch_size=16,
+        model="logreg",
+        epochs=2,
+        step_jitter=0.5,
+        learner_speeds="1,0.3,2,0.7",
+    )
     rounds_per_epoch = 2048 // (16 * 4)
     assert len(taken) == 2 * rounds_per_epoch * 4
     for clock, learner, epoch, index in taken:
@@ -212,8 +285,17 @@ def test_hardsync_round_r_gives_learner_l_the_mini_batch_r_lambda_plus_l(tmp_pat
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, synthetic, monkeypatch):
-    options = dict(protocol="2-softsync", learners=4, batch_size=16, model="mlp", epochs=3, momentum=0.9,
-                   step_jitter=0.3, seed=6, checkpoint_every=25)
+    options = dict(
+        protocol="2-softsync",
+        learners=4,
+        batch_size=16,
+        model="mlp",
+        epochs=3,
+        momentum=0.9,
+        step_jitter=0.3,
+        seed=6,
+        checkpoint_every=25,
+    )
     whole, _ = run(tmp_path, "whole", synthetic, **options)
     # 64 updates per epoch: the checkpoint at update 75 is inside epoch 2
     saved = crash_after_checkpoint(monkeypatch, lambda clock, ended: clock == 75)
@@ -231,8 +313,20 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, synthetic, monkey
 def test_the_servers_link_bounds_throughput(tmp_path, synthetic, learners):
     """One learner is compute-bound; eight saturate the link: every pull and push takes bytes/bandwidth on it."""
     step, transfer = 0.01, 0.004  # message_bytes / bandwidth
-    _, summary = run(tmp_path, f"link{learners}", synthetic, protocol="async", learners=learners, batch_size=16, epochs=2,
-                  step_time=step, step_jitter=0.0, latency=0.0, bandwidth=1e8, message_bytes=400_000)
+    _, summary = run(
+        tmp_path,
+        f"link{learners}",
+        synthetic,
+        protocol="async",
+        learners=learners,
+        batch_size=16,
+        epochs=2,
+        step_time=step,
+        step_jitter=0.0,
+        latency=0.0,
+        bandwidth=1e8,
+        message_bytes=400_000,
+    )
     per_gradient = step + 2 * transfer if learners == 1 else 2 * transfer
     assert summary["samples_per_s"] == pytest.approx(16 / per_gradient, rel=0.03)
 
@@ -245,6 +339,7 @@ def test_a_finished_run_given_more_epochs_keeps_its_protocols_staleness(tmp_path
     records = metrics(out)
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[0]["staleness_mean"] > 1.5 and records[1]["staleness_mean"] == pytest.approx(
-        records[0]["staleness_mean"], abs=0.25)
+        records[0]["staleness_mean"], abs=0.25
+    )
     # five learners, not one: the second epoch takes about as long in virtual time as the first
     assert records[1]["virtual_s"] - records[0]["virtual_s"] == pytest.approx(records[0]["virtual_s"], rel=0.25)

@@ -1,4 +1,5 @@
 """softsync sweep: the grid runs, finished runs are skipped, results and figures are written."""
+
 import csv
 import json
 
@@ -62,7 +63,9 @@ def test_sweep_runs_the_grid_and_skips_finished_runs(tmp_path):
     for row in table:  # the table reports what the run wrote
         summary = json.loads((out / "runs" / row["run"] / "summary.json").read_text())
         assert float(row["test_error"]) == pytest.approx(summary["test_error"], abs=1e-4)
-        assert summary["config"]["learners"] == int(row["learners"]) and summary["config"]["protocol"] == row["protocol"]
+        assert (
+            summary["config"]["learners"] == int(row["learners"]) and summary["config"]["protocol"] == row["protocol"]
+        )
         assert int(row["epochs"]) == 1
     markdown = (out / "results.md").read_text().strip().splitlines()
     assert len(markdown) == 2 + 4 and markdown[0].startswith("| protocol | learners | status | test_error")
@@ -107,7 +110,8 @@ def test_a_changed_experiment_is_refused_and_touches_nothing(tmp_path, capsys):
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path):
     text = TINY.replace('protocol = ["1-softsync", "async"]', 'protocol = "async"').replace(
-        'learners = [1, 2]', 'learners = [2]\ndataset = ["synthetic", "mnist"]\ndata_dir = "/nonexistent"')
+        "learners = [1, 2]", 'learners = [2]\ndataset = ["synthetic", "mnist"]\ndata_dir = "/nonexistent"'
+    )
     rows = sweep(write(tmp_path, text), tmp_path / "out", log=lambda line: None)
     by_dataset = {}
     for row in rows:
@@ -117,7 +121,10 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path):
 
 
 def test_bundles_set_several_options_under_one_label(tmp_path):
-    text = TINY.replace('learners = [1, 2]', 'cost = [{label = "small", step_time = 0.01}, {label = "big", step_time = 1.0, message_bytes = 1000000}]')
+    text = TINY.replace(
+        "learners = [1, 2]",
+        'cost = [{label = "small", step_time = 0.01}, {label = "big", step_time = 1.0, message_bytes = 1000000}]',
+    )
     experiment = load_experiment(write(tmp_path, text.replace('x = "learners"', 'x = "mu_lambda"')))
     big = next(run for run in experiment.runs if run.labels["cost"] == "big")
     assert big.options["step_time"] == 1.0 and big.options["message_bytes"] == 1_000_000
@@ -160,7 +167,9 @@ def test_figure_functions_write_pngs(tmp_path):
     paths = [
         plot_test_error({"a": records, "b": records[:2]}, tmp_path / "error.png"),
         plot_staleness({"1-softsync": {"0": 3, "1": 40, "2": 2}, "async": {5: 1, 6: 9}}, tmp_path / "staleness.png"),
-        plot_series({"90K": [(1, 1.0), (2, 1.9), (4, 3.5)]}, tmp_path / "speedup.png", "λ", "speedup", logx=True, ideal=True),
+        plot_series(
+            {"90K": [(1, 1.0), (2, 1.9), (4, 3.5)]}, tmp_path / "speedup.png", "λ", "speedup", logx=True, ideal=True
+        ),
     ]
     for path in paths:
         assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -175,6 +184,7 @@ def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_pat
     import torch
 
     from softsync import train
+
     text = SMALL.replace("epochs = 1", "epochs = 2").replace('protocol = ["1-softsync", "async"]', 'protocol = "async"')
     experiment = write(tmp_path, text)
     (run,) = load_experiment(experiment).runs
@@ -191,8 +201,10 @@ def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_pat
     assert "completed" in lines[0]
     assert [json.loads(line)["epoch"] for line in (stopped / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     sweep(experiment, tmp_path / "uninterrupted", log=lambda line: None)
-    weights = [torch.load(out / "runs" / run.name / "checkpoint.pt", weights_only=False)["server"]["weights"]
-               for out in (tmp_path / "out", tmp_path / "uninterrupted")]
+    weights = [
+        torch.load(out / "runs" / run.name / "checkpoint.pt", weights_only=False)["server"]["weights"]
+        for out in (tmp_path / "out", tmp_path / "uninterrupted")
+    ]
     assert torch.equal(*weights)
 
 

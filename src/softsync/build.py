@@ -2,6 +2,7 @@
 
 Both engines start from here, so a run means the same thing whichever engine drives it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class Components:
     recorder: Recorder
 
 
-def build_components(config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None) -> Components:
+def build_components(
+    config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None
+) -> Components:
     """Assemble the server side of a run writing into ``out`` (a checkpoint is restored by the Checkpointer)."""
     dataset = dataset if dataset is not None else load_data(config)
     per_epoch = batches_per_epoch(config, len(dataset.train_y))
@@ -73,5 +76,7 @@ def build_components(config: TrainConfig, out: Path, module: nn.Module | None = 
     test_x, test_y = dataset.test_x, dataset.test_y
     if config.eval_samples:
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
-    recorder = Recorder(out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet)
+    recorder = Recorder(
+        out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet
+    )
     return Components(config, dataset, learner, server, data, recorder)

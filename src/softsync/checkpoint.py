@@ -14,6 +14,7 @@ A checkpoint holds the named state of every stateful part of a run, each saved b
 
 It is written atomically (a temporary file, fsync, rename): a crash leaves the previous one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,10 +50,14 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise RunDirError(f"{where}: {CHECKPOINT} cannot be read ({type(error).__name__})") from None
     if not isinstance(checkpoint, dict) or not {"config", "epoch", *PARTS} <= set(checkpoint):
         if isinstance(checkpoint, dict) and "version" not in checkpoint and "server" in checkpoint:
-            raise RunDirError(f"{where}: {CHECKPOINT} was written by an older softsync (format 1, this one reads {FORMAT})")
+            raise RunDirError(
+                f"{where}: {CHECKPOINT} was written by an older softsync (format 1, this one reads {FORMAT})"
+            )
         raise RunDirError(f"{where}: {CHECKPOINT} is not a softsync checkpoint")
     if checkpoint.get("version") != FORMAT:
-        raise RunDirError(f"{where}: {CHECKPOINT} has format {checkpoint.get('version')!r}; this softsync reads {FORMAT}")
+        raise RunDirError(
+            f"{where}: {CHECKPOINT} has format {checkpoint.get('version')!r}; this softsync reads {FORMAT}"
+        )
     if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["epoch"], int):
         raise RunDirError(f"{where}: {CHECKPOINT} is damaged (its config or epoch)")
     return checkpoint

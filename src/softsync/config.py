@@ -4,6 +4,7 @@ Field names are the CLI flags with dashes turned into underscores; a TOML config
 flag names (``batch-size = 16``). Validation raises ConfigError with one line that names the
 value and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,10 @@ class TrainConfig:
     """All hyperparameters of a run (defaults are the CLI's)."""
 
     engine: str = _opt("sim", "sim: deterministic discrete-event simulation in one process; dist: real processes")
-    protocol: str = _opt("1-softsync", "hardsync, async, or N-softsync (1 <= N <= learners): c = max(1, learners//N) gradients per update")
+    protocol: str = _opt(
+        "1-softsync",
+        "hardsync, async, or N-softsync (1 <= N <= learners): c = max(1, learners//N) gradients per update",
+    )
     learners: int = _opt(
         4,
         "number of learners λ, at most 1024; a local dist launch starts λ+1 processes, which must also fit "
@@ -98,9 +102,7 @@ class TrainConfig:
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<model>-<protocol>-l<λ>-b<μ>-s<seed>)")
     resume: str | None = _opt(None, "continue the run in this directory from its checkpoint")
     # the simulation's step-time model
-    step_time: float = _opt(
-        0.01, "sim: mean compute time of one mini-batch gradient, virtual seconds, in [1e-9, 1e6]"
-    )
+    step_time: float = _opt(0.01, "sim: mean compute time of one mini-batch gradient, virtual seconds, in [1e-9, 1e6]")
     step_jitter: float = _opt(0.1, "sim: relative standard deviation of the compute time")
     learner_speeds: tuple[float, ...] = _opt(
         (),
@@ -111,11 +113,20 @@ class TrainConfig:
         1.25e9, "sim: parameter-server link bandwidth, bytes per second (shared by all transfers), in [1, 1e15]"
     )
     latency: float = _opt(5e-5, "sim: one-way message latency, seconds, in [0, 1e6]")
-    message_bytes: int = _opt(0, "sim: bytes of one pull or push on the link (0: the model's float32 weights); models a bigger network's traffic")
+    message_bytes: int = _opt(
+        0,
+        "sim: bytes of one pull or push on the link (0: the model's float32 weights); "
+        "models a bigger network's traffic",
+    )
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
-    host: str = _opt("127.0.0.1", "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)")
-    timeout: float = _opt(120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer")
+    host: str = _opt(
+        "127.0.0.1",
+        "dist: the address the server listens on for a local launch (gloo is unauthenticated: trusted networks only)",
+    )
+    timeout: float = _opt(
+        120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer"
+    )
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
     quiet: bool = _opt(False, "no progress bar")
@@ -276,12 +287,17 @@ def validate(config: TrainConfig) -> None:
         config.parsed_protocol()
     except ProtocolError as error:
         raise ConfigError(f"--protocol: {error}") from None
-    require(config.lr_policy in POLICIES, f"--lr-policy {config.lr_policy!r} is unknown: use {', '.join(sorted(POLICIES))}")
+    require(
+        config.lr_policy in POLICIES, f"--lr-policy {config.lr_policy!r} is unknown: use {', '.join(sorted(POLICIES))}"
+    )
     for name, (low, high, closed, unit) in FLOAT_RANGES.items():
         value = getattr(config, name)
         inside = (low <= value if closed[0] else low < value) and (value <= high if closed[1] else value < high)
         require(inside, f"--{name.replace('_', '-')} {value}: must be in {_interval(low, high, closed)}{unit}")
-    require(all(step >= 1 for step in config.lr_steps), f"--lr-steps {','.join(map(str, config.lr_steps))}: epochs must be >= 1")
+    require(
+        all(step >= 1 for step in config.lr_steps),
+        f"--lr-steps {','.join(map(str, config.lr_steps))}: epochs must be >= 1",
+    )
     require(list(config.lr_steps) == sorted(set(config.lr_steps)), "--lr-steps: epochs must be increasing")
     require(
         _schedule_stays_in_range(config.lr, config.lr_gamma, len(config.lr_steps)),

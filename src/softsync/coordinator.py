@@ -18,6 +18,7 @@ The order of operations on a push, the same under both engines:
 The engine carries out the answers before it writes a requested checkpoint, so that the checkpoint
 records them.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,9 @@ class Coordinator:
             self._answer(self.gate.request(learner), outcome)
         return outcome
 
-    def push(self, learner: int, gradient: torch.Tensor, timestamp: int, epoch: int, index: int, loss: float) -> Outcome:
+    def push(
+        self, learner: int, gradient: torch.Tensor, timestamp: int, epoch: int, index: int, loss: float
+    ) -> Outcome:
         """``learner`` pushes the gradient of mini-batch ``epoch:index`` computed on the weights of ``timestamp``.
 
         The server may scale ``gradient`` in place and does not keep it.

@@ -6,6 +6,7 @@ pulls in learner order, so round r gives learner l the mini-batch rλ + l and th
 same computation as one learner with μλ. A mini-batch whose gradient is lost is given back
 and handed out again before any new one.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,7 +35,9 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 class DataServer:
     """Hands out ``batches_per_epoch`` mini-batches of ``batch_size`` per epoch, for ``epochs`` epochs."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, epochs: int, batches_per_epoch: int | None = None) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, epochs: int, batches_per_epoch: int | None = None
+    ) -> None:
         if batches_per_epoch is None:
             batches_per_epoch = num_samples // batch_size
         if batches_per_epoch < 1 or batches_per_epoch * batch_size > num_samples:

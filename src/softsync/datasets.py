@@ -139,13 +139,9 @@ def _load_cifar_python(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e}); re-download CIFAR-10") from e
     except Exception as e:  # pickle raises many types on corrupt input
-        raise DataError(
-            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); re-download CIFAR-10"
-        ) from e
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); re-download CIFAR-10") from e
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != CIFAR_RECORD - 1:
-        raise DataError(
-            f"{path}: b'data' is {x.dtype} {x.shape}, expected uint8 (N, 3072); re-download CIFAR-10"
-        )
+        raise DataError(f"{path}: b'data' is {x.dtype} {x.shape}, expected uint8 (N, 3072); re-download CIFAR-10")
     if y.shape != (len(x),):
         raise DataError(f"{path}: {len(x)} images but {y.size} labels; re-download CIFAR-10")
     return x, y

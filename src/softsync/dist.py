@@ -1,4 +1,5 @@
 """`python -m softsync.dist`: the documented alias of `python -m softsync.torchrun` (one rank of a dist run)."""
+
 import runpy
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Bad input (a flag, a config value, a dataset file, a run directory, a checkpoint
 one line, exit 2, and nothing was started or written. A failed run (a lost server, every learner
 lost, a hung peer) is a RunError: one line, exit 1.
 """
+
 from __future__ import annotations
 
 import sys

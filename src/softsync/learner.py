@@ -3,6 +3,7 @@
 The model's parameters and gradients are views into two flat buffers, so that weights
 arrive and gradients leave as one contiguous tensor each, without per-parameter copies.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,9 @@ def flatten_parameters(
     if gradients is None:
         gradients = torch.zeros_like(weights)
     if weights.numel() != size or gradients.numel() != size:
-        raise ConfigError(f"buffers of {weights.numel()} and {gradients.numel()} values for a model of {size} parameters")
+        raise ConfigError(
+            f"buffers of {weights.numel()} and {gradients.numel()} values for a model of {size} parameters"
+        )
     offset = 0
     for p in params:
         count = p.numel()
@@ -47,12 +50,20 @@ def flatten_parameters(
 class Learner:
     """Computes mean mini-batch gradients of ``model`` on the weights it is given."""
 
-    def __init__(self, model: nn.Module, loss_fn=F.cross_entropy, weights: torch.Tensor | None = None, gradients: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn=F.cross_entropy,
+        weights: torch.Tensor | None = None,
+        gradients: torch.Tensor | None = None,
+    ) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.weights, self.gradients = flatten_parameters(model, weights, gradients)
 
-    def gradient(self, weights: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def gradient(
+        self, weights: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
         """∇ loss(weights; batch), the mean over the batch, and the loss.
 
         The returned tensor is the learner's own gradient buffer: it is overwritten by the
@@ -70,7 +81,9 @@ class Learner:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1000, loss_fn=F.cross_entropy) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1000, loss_fn=F.cross_entropy
+) -> tuple[float, float]:
     """Mean loss and error rate of ``model`` on a dataset split."""
     model.eval()
     total_loss, wrong = 0.0, 0

@@ -1,4 +1,5 @@
 """Model registry. Any ``nn.Module`` works through the Python API; these have names."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

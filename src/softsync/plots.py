@@ -1,4 +1,5 @@
 """PNG figures of runs: test error against epoch, and staleness histograms."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def plot_test_error(runs: dict[str, list[dict]], path: str | Path, title: str = 
 def plot_staleness(histograms: dict[str, dict], path: str | Path) -> Path:
     """One panel per run: the distribution of τ over applied gradients (as the paper's Fig. 1)."""
     figure, panels = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3.2), squeeze=False)
-    for axes, (label, histogram) in zip(panels[0], histograms.items()):
+    for axes, (label, histogram) in zip(panels[0], histograms.items(), strict=True):
         taus = sorted(int(t) for t in histogram)
         counts = [histogram[str(t)] if str(t) in histogram else histogram[t] for t in taus]
         total = sum(counts) or 1
@@ -79,8 +80,15 @@ def plot_runs(run_dirs: list[str], out: str | None = None) -> list[Path]:
     return written
 
 
-def plot_series(series: dict[str, list[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
-                title: str = "", logx: bool = False, ideal: bool = False) -> Path:
+def plot_series(
+    series: dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    ideal: bool = False,
+) -> Path:
     """One line per series of (x, y) points; ``ideal`` adds y = x (perfect speedup)."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, points in series.items():
@@ -159,8 +167,17 @@ def _final_figures(spec: dict, finished: list, out: Path) -> list[Path]:
         if y == "speedup":  # relative to the smallest x of each line (λ = 1)
             series = {label: [(px, py / min(points)[1]) for px, py in points] for label, points in series.items()}
         path, title = _figure_path(spec, group, out)
-        written.append(plot_series(series, path, spec.get("xlabel", x), spec.get("ylabel", y), title,
-                                   logx=spec.get("logx", False), ideal=spec.get("ideal", False)))
+        written.append(
+            plot_series(
+                series,
+                path,
+                spec.get("xlabel", x),
+                spec.get("ylabel", y),
+                title,
+                logx=spec.get("logx", False),
+                ideal=spec.get("ideal", False),
+            )
+        )
     return written
 
 
@@ -170,5 +187,5 @@ FIGURES = {"staleness": _staleness_figure, "test-error": _test_error_figures, "f
 
 def plot_experiment(figures: list[dict], runs: list, rows: list[dict], out: Path) -> list[Path]:
     """The figures an experiment file asks for (see FIGURES), as PNGs in ``out``."""
-    finished = [(run, row) for run, row in zip(runs, rows) if row["status"] in ("completed", "diverged")]
+    finished = [(run, row) for run, row in zip(runs, rows, strict=True) if row["status"] in ("completed", "diverged")]
     return [path for spec in figures for path in FIGURES[spec["kind"]](spec, finished, out)]

@@ -3,6 +3,7 @@
 A protocol decides how many pushed gradients the parameter server collects before it
 applies one update (c) and whether a learner must wait for that update before pulling.
 """
+
 from __future__ import annotations
 
 import re

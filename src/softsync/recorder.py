@@ -3,6 +3,7 @@ metrics.jsonl, summary.json and the progress bar, so that both engines write the
 
 It records; it decides nothing (the coordinator holds the divergence rule, the checkpointer the checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,12 @@ class Recorder:
     """Per-epoch metrics, the progress bar and the final summary of one run."""
 
     def __init__(
-        self, out: Path, config: Any, evaluate: Callable[[], tuple[float, float]], total_gradients: int, quiet: bool = False
+        self,
+        out: Path,
+        config: Any,
+        evaluate: Callable[[], tuple[float, float]],
+        total_gradients: int,
+        quiet: bool = False,
     ) -> None:
         self.out = out
         self.config = config
@@ -55,7 +61,9 @@ class Recorder:
             self.progress.update(self.pending_progress)
             self.pending_progress = 0
 
-    def epoch_end(self, epoch: int, train_loss: float, server: ParameterServer, virtual_s: float | None = None) -> float:
+    def epoch_end(
+        self, epoch: int, train_loss: float, server: ParameterServer, virtual_s: float | None = None
+    ) -> float:
         """Evaluate and append the epoch's record to metrics.jsonl; returns the test loss."""
         paused = time.perf_counter()
         test_loss, test_error = self.evaluate()
@@ -110,7 +118,9 @@ class Recorder:
         self.last_test_error = state["last_test_error"]
         self.progress.update(state["progress"])
 
-    def finish(self, server: ParameterServer, status: str, learner_failures: int = 0, virtual_s: float | None = None) -> dict:
+    def finish(
+        self, server: ParameterServer, status: str, learner_failures: int = 0, virtual_s: float | None = None
+    ) -> dict:
         """Write summary.json and return it."""
         self.progress.close()
         wall = self.wall_s

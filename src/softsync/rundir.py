@@ -1,12 +1,13 @@
 """A run directory's life: created with config.json, locked while a process writes it, read back.
 
-    config.json      the run's resolved config; marks the directory as a run
-    metrics.jsonl    one record per epoch (recorder.py)
-    summary.json     written when the run ends (recorder.py)
-    checkpoint.pt    the state to continue from (checkpoint.py)
-    processes.json   dist: who is where, while the run lives
-    .lock            held (flock) by the one process that writes the run
+config.json      the run's resolved config; marks the directory as a run
+metrics.jsonl    one record per epoch (recorder.py)
+summary.json     written when the run ends (recorder.py)
+checkpoint.pt    the state to continue from (checkpoint.py)
+processes.json   dist: who is where, while the run lives
+.lock            held (flock) by the one process that writes the run
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,9 @@ class RunLock:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "another process"
             self.handle.close()
-            raise RunDirError(f"{str(run_dir)!r} is in use by a running softsync ({holder}): one process writes a run") from None
+            raise RunDirError(
+                f"{str(run_dir)!r} is in use by a running softsync ({holder}): one process writes a run"
+            ) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"pid {os.getpid()}")
@@ -65,7 +68,8 @@ class RunLock:
 
 
 def run_progress(run_dir: str | Path) -> str:
-    """new (no run there), finished (it has a summary), resumable (a checkpoint), or stale (started, nothing to resume)."""
+    """new (no run there), finished (it has a summary), resumable (a checkpoint), or stale (started, nothing to
+    resume)."""
     run = Path(run_dir)
     if not (run / CONFIG).exists():
         return "new"
@@ -102,7 +106,9 @@ def create_run_dir(path: str | Path, config: Any) -> tuple[Path, RunLock]:
             for name in STALE_FILES:
                 (out / name).unlink(missing_ok=True)
         if any((out / name).exists() for name in (METRICS, SUMMARY, CHECKPOINT, CONFIG)):
-            raise RunDirError(f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume")
+            raise RunDirError(
+                f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume"
+            )
         try:
             with open(out / CONFIG, "x") as handle:
                 handle.write(json.dumps(dataclasses.replace(config, out=str(out)).resolved(), indent=2))

@@ -9,6 +9,7 @@ events happen (the coordinator does, for both engines). On each update (docs/des
 Gradients are scaled and summed as they arrive: the clock cannot move while the buffer
 fills, so τ_l known at push time is the τ_l of the update that will apply it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,7 +63,9 @@ class ParameterServer:
         self.policy = get_policy(lr_policy)
         # fused: one pass over θ, gradient and momentum instead of three (same arithmetic, ~1e-8 apart)
         fused = weights.dtype in (torch.float32, torch.float64) and weights.device.type == "cpu"
-        self.optimizer = torch.optim.SGD([weights], lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+        self.optimizer = torch.optim.SGD(
+            [weights], lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None
+        )
         self.clock = 0
         self.epoch = 0
         self.accepted_gradients = 0

@@ -4,6 +4,7 @@ A policy returns the factor α(τ)/α0 applied to one gradient of staleness τ =
 is the server's clock when the gradient is applied and j the clock of the weights it was
 computed on. New policies register themselves in POLICIES; the server only looks them up.
 """
+
 from __future__ import annotations
 
 import math

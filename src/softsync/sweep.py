@@ -24,6 +24,7 @@ cannot be read only costs that run's result: its row says "damaged: summary.json
 others are run, tabulated and plotted; nothing in that directory is changed (remove it to run
 that run again).
 """
+
 from __future__ import annotations
 
 import csv
@@ -97,7 +98,9 @@ def load_experiment(path: str | Path) -> Experiment:
     raw = read_toml(path, "experiment file")
     unknown = set(raw) - {"base", "grid", "figure"}
     if unknown:
-        raise ConfigError(f"experiment file {str(path)!r}: unknown table {sorted(unknown)[0]!r} (use base, grid, figure)")
+        raise ConfigError(
+            f"experiment file {str(path)!r}: unknown table {sorted(unknown)[0]!r} (use base, grid, figure)"
+        )
     base = {key: value for key, value in raw.get("base", {}).items()}
     base_options = _options("base", base, f"{path} [base]") if base else {}
     grids = raw.get("grid", [{}])
@@ -107,7 +110,10 @@ def load_experiment(path: str | Path) -> Experiment:
         for key in grid:
             if key not in grid_keys:
                 grid_keys.append(key)
-        axes = [[(key, value) for value in (values if isinstance(values, list) else [values])] for key, values in grid.items()]
+        axes = [
+            [(key, value) for value in (values if isinstance(values, list) else [values])]
+            for key, values in grid.items()
+        ]
         for combination in itertools.product(*axes):
             options = dict(base_options)
             labels = {}
@@ -119,7 +125,9 @@ def load_experiment(path: str | Path) -> Experiment:
     names = [run.name for run in runs]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
-        raise ConfigError(f"experiment file {str(path)!r}: two runs are both named {duplicate!r}; give bundles distinct labels")
+        raise ConfigError(
+            f"experiment file {str(path)!r}: two runs are both named {duplicate!r}; give bundles distinct labels"
+        )
     for run in runs:
         try:
             make_config(**run.options)
@@ -150,7 +158,9 @@ def check_figure(figure: dict, runs: list[SweepRun], grid_keys: list[str], where
         x, y = figure.get("x"), figure.get("y", "test_error")
         if y not in FINAL_Y:
             raise ConfigError(f"{where}: figure y = {y!r} is unknown: use {', '.join(FINAL_Y)}")
-        numeric = x == "mu_lambda" or (x in grid_keys and all(_number(run.labels[x]) for run in runs if x in run.labels))
+        numeric = x == "mu_lambda" or (
+            x in grid_keys and all(_number(run.labels[x]) for run in runs if x in run.labels)
+        )
         if not numeric:
             raise ConfigError(f"{where}: figure x = {x!r} must be mu_lambda or a grid key with numbers as values")
         unknown = [key for key in figure.get("by", []) if key not in grid_keys]
@@ -193,8 +203,10 @@ def _saved_config(run_dir: Path) -> dict:
         if isinstance(saved, dict):
             return saved
         reason = "not a JSON object"
-    raise ConfigError(f"{path} is not a run's config ({reason}), so the sweep cannot tell which run {run_dir} holds: "
-                      "remove that directory or use another --out")
+    raise ConfigError(
+        f"{path} is not a run's config ({reason}), so the sweep cannot tell which run {run_dir} holds: "
+        "remove that directory or use another --out"
+    )
 
 
 def run_state(run_dir: Path, options: dict) -> str:
@@ -206,7 +218,8 @@ def run_state(run_dir: Path, options: dict) -> str:
         if changed:
             key = changed[0]
             raise ConfigError(
-                f"{run_dir} holds a run with {key} = {saved.get(key)!r}, not {wanted[key]!r}: use another --out or remove that run"
+                f"{run_dir} holds a run with {key} = {saved.get(key)!r}, not {wanted[key]!r}: "
+                "use another --out or remove that run"
             )
     return run_progress(run_dir)
 
@@ -231,7 +244,9 @@ def execute(run: SweepRun, out: Path) -> str:
         handle.flush()
         code = subprocess.call(
             [sys.executable, "-m", "softsync.cli", "train", *flags, "--quiet"],
-            stdout=handle, stderr=subprocess.STDOUT, env=environment,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
     if code == 0:
         return "ran"
@@ -274,8 +289,18 @@ def _summary_columns(summary: dict, records: list[dict]) -> dict:
     }
 
 
-COLUMNS = ["status", "test_error", "epochs", "staleness_mean", "staleness_max", "staleness_p99",
-           "p_staleness_over_2n", "samples_per_s", "wall_s", "mu_lambda"]
+COLUMNS = [
+    "status",
+    "test_error",
+    "epochs",
+    "staleness_mean",
+    "staleness_max",
+    "staleness_p99",
+    "p_staleness_over_2n",
+    "samples_per_s",
+    "wall_s",
+    "mu_lambda",
+]
 
 
 def _shown(value) -> str:
@@ -300,7 +325,9 @@ def write_results(rows: list[dict], grid_keys: list[str], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_dir: str | None = None, log=print) -> list[dict]:
+def sweep(
+    path: str | Path, out: str | Path | None = None, jobs: int = 1, data_dir: str | None = None, log=print
+) -> list[dict]:
     """Run every run of the experiment not finished yet; write results.csv, results.md and figures under ``out``.
 
     ``data_dir`` sets --data-dir of every run (where the dataset is on this machine).

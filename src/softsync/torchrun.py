@@ -13,6 +13,7 @@ Under `--max-restarts`, torchrun starts every rank again when one fails. A resta
 `--resume` would; if the run failed before its first checkpoint, it starts again from scratch
 (rank 0 creates the run directory again over what the failed attempt left).
 """
+
 import os
 import sys
 
@@ -38,4 +39,6 @@ def restart_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    sys.exit(main(["train", *arguments, *restart_flags(arguments), "--engine", "dist"]))  # --engine last, so that it wins
+    sys.exit(
+        main(["train", *arguments, *restart_flags(arguments), "--engine", "dist"])
+    )  # --engine last, so that it wins

@@ -1,4 +1,5 @@
 """softsync.train(): resolve the config (a new run, or one resumed from its checkpoint), then dispatch to an engine."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,17 +24,24 @@ def resume_config(run_dir: str, options: dict) -> tuple[TrainConfig, dict]:
     """
     checkpoint = load_checkpoint(run_dir)
     if options.get("out") is not None and Path(options["out"]).resolve() != Path(run_dir).resolve():
-        raise ConfigError(f"--resume continues the run in {run_dir!r}: --out {options['out']!r} names another directory")
+        raise ConfigError(
+            f"--resume continues the run in {run_dir!r}: --out {options['out']!r} names another directory"
+        )
     saved = {k: v for k, v in checkpoint["config"].items() if k not in ("out", "resume")}
     options = {k: v for k, v in options.items() if k not in ("out", "resume")}
     own, given = make_config(**saved).resolved(), make_config(**{**saved, **options}).resolved()
     changed = sorted(name for name in options if name not in RESUME_OVERRIDES and given[name] != own[name])
     if changed:
         names = ", ".join("--" + name.replace("_", "-") for name in changed)
-        raise ConfigError(f"--resume continues a run with its own config: only --epochs, --timeout and --quiet may be changed (got {names})")
+        raise ConfigError(
+            "--resume continues a run with its own config: only --epochs, --timeout and --quiet may be changed "
+            f"(got {names})"
+        )
     config = make_config(**{**saved, **options, "out": run_dir, "resume": run_dir})
     if config.epochs < checkpoint["epoch"]:
-        raise ConfigError(f"--epochs {config.epochs}: the run in {run_dir!r} has already trained {checkpoint['epoch']} epochs")
+        raise ConfigError(
+            f"--epochs {config.epochs}: the run in {run_dir!r} has already trained {checkpoint['epoch']} epochs"
+        )
     return config, checkpoint
 
 
@@ -49,7 +57,9 @@ def resolve(config: TrainConfig | None, options: dict) -> tuple[TrainConfig, dic
     return config, None
 
 
-def train(config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options) -> dict | None:
+def train(
+    config: TrainConfig | None = None, *, module: nn.Module | None = None, data: Dataset | None = None, **options
+) -> dict | None:
     """Train under ``config`` (or keyword options named like the CLI flags) and return the summary.
 
     ``module`` may be any ``nn.Module`` taking (N, C, H, W) inputs; ``data`` a loaded
@@ -61,7 +71,9 @@ def train(config: TrainConfig | None = None, *, module: nn.Module | None = None,
     config, checkpoint = resolve(config, options)
     if config.engine == "dist":
         if module is not None or data is not None:
-            raise ConfigError("module= and data= need --engine sim: dist learners build the model and data in their own processes")
+            raise ConfigError(
+                "module= and data= need --engine sim: dist learners build the model and data in their own processes"
+            )
         from .engines.launch import run_dist
 
         return run_dist(config, checkpoint)

@@ -10,6 +10,7 @@ until its push event: the same result as keeping a snapshot per learner, without
 weights λ times. Events at equal times run in the order they were scheduled, so a seed fixes the
 run exactly.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -84,7 +85,9 @@ class SimEngine:
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
         self.train_x, self.train_y = parts.dataset.train_x, parts.dataset.train_y
         self.times = times
-        self.coordinator = Coordinator(parts.server, parts.data, config.learners, self.end_epoch, config.checkpoint_every)
+        self.coordinator = Coordinator(
+            parts.server, parts.data, config.learners, self.end_epoch, config.checkpoint_every
+        )
         self.checkpointer: Checkpointer | None = None
         self.now = 0.0
         self.link_free = 0.0  # when the server's link finishes its queued transfers
@@ -116,7 +119,9 @@ class SimEngine:
     def push(self, learner: int) -> None:
         held = self.held.pop(learner)
         work = self.coordinator.in_flight[learner]
-        outcome = self.coordinator.push(learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss)
+        outcome = self.coordinator.push(
+            learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss
+        )
         if outcome.accepted:
             self.recorder.gradient_applied()
         self.carry_out(outcome)
@@ -161,7 +166,9 @@ class SimEngine:
             rng.setstate(rng_state)
 
 
-def run_sim(config: TrainConfig, checkpoint: dict | None, module: nn.Module | None = None, dataset: Dataset | None = None) -> dict:
+def run_sim(
+    config: TrainConfig, checkpoint: dict | None, module: nn.Module | None = None, dataset: Dataset | None = None
+) -> dict:
     """`softsync train --engine sim`: the whole run in this process; returns the summary."""
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
     dataset = dataset if dataset is not None else load_data(config)
@@ -170,10 +177,17 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, module: nn.Module | No
     with lock:
         parts = build_components(config, out, module, dataset)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
-        checkpointer = Checkpointer(out, config, {
-            "server": parts.server, "data": parts.data, "coordinator": engine.coordinator,
-            "engine": engine, "recorder": parts.recorder,
-        })
+        checkpointer = Checkpointer(
+            out,
+            config,
+            {
+                "server": parts.server,
+                "data": parts.data,
+                "coordinator": engine.coordinator,
+                "engine": engine,
+                "recorder": parts.recorder,
+            },
+        )
         if checkpoint is not None:
             checkpointer.restore(checkpoint)
         engine.checkpointer = checkpointer
