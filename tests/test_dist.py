@@ -292,3 +292,24 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
     assert summary["gradients"] == summary["updates"] == 2 * (2048 // 16)
     logged = results[0][1]
     assert logged.count("rejected a") == logged.count("of learner 0 (rank 1)") == len(FAULTS) and "Traceback" not in logged, logged
+
+
+def server_pid(processes: list[dict]) -> int:
+    return next(p["pid"] for p in processes if p["rank"] == 0)
+
+
+def test_a_hung_server_ends_the_run_with_one_line(tmp_path):
+    """issue 9 item 3: the launcher waited on a stopped server forever after its learners gave up."""
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--timeout", "2")
+    try:
+        os.kill(server_pid(processes), signal.SIGSTOP)
+        # learners give up after gloo's 2 × 2 s, the server then has 2 s to exit: ~6 s
+        _, err = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1
+    lines = error_lines(err)
+    assert len(lines) == 1 and "the server (rank 0) is hung" in lines[0], err
+    assert_all_gone(processes)

@@ -99,26 +99,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+POLL_S = 0.1  # how often the supervisor looks at its children
+
+
 def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Wait for the server to finish; raise DistError if it fails.
+    """Wait for the server to finish; raise DistError if it fails or hangs.
 
     Learners may die: the server notices, goes on without them and counts them in
     learner_failures. Rank 0 prints the cause of a failure (exit codes 1 and 2); only a server
-    killed by a signal is reported here.
+    killed by a signal, or hung, is reported here.
+
+    Every wait is bounded. A learner gives up on a silent server after gloo's timeout (2 ×
+    ``timeout``); once every learner has exited, the server needs no one to write its summary or
+    report its failure, so it gets ``timeout`` seconds more. A rule on the server's silence alone
+    would end a server that is legitimately busy, e.g. evaluating a big test set.
     """
-    server = processes[0]
-    code = server.wait()
+    server, learners = processes[0], processes[1:]
+    alone_since: float | None = None  # when the server was first seen without a learner
+    while (code := exit_code_within(server, POLL_S)) is None:
+        if alone_since is None and all(learner.poll() is not None for learner in learners):
+            alone_since = time.monotonic()
+        if alone_since is not None and time.monotonic() - alone_since > timeout:
+            raise DistError(f"the server (rank 0) is hung: it was still running {timeout:g} s (--timeout) after its "
+                            "last learner exited; every process of the run was ended")
     if code != 0:
         error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
         error.reported = code in (1, 2)
         raise error
     deadline = time.monotonic() + timeout
-    for learner in processes[1:]:  # stopped learners exit at once; end_all ends any other
-        try:
-            learner.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    for learner in learners:  # stopped learners exit at once; end_all ends any other
+        if exit_code_within(learner, max(0.1, deadline - time.monotonic())) is None:
             return
+
+
+def exit_code_within(process: subprocess.Popen, seconds: float) -> int | None:
+    """The process's exit code, or None if it is still running after ``seconds``."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
