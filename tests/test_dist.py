@@ -1,7 +1,11 @@
 """The dist engine through real processes on 127.0.0.1."""
+import fcntl
 import json
 import os
+import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -32,12 +36,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(out: Path, *flags: str) -> tuple[subprocess.Popen, list[dict]]:
+def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subprocess.Popen, list[dict]]:
     """Start `softsync train --engine dist` in a session of its own and wait for its processes.json."""
     command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
                "--batch-size", "16", "--quiet", "--out", str(out), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment or ENV, start_new_session=True)
     deadline = time.monotonic() + 60
     while not (out / "processes.json").exists():
         assert process.poll() is None, process.communicate()
@@ -313,3 +317,57 @@ def test_a_hung_server_ends_the_run_with_one_line(tmp_path):
     lines = error_lines(err)
     assert len(lines) == 1 and "the server (rank 0) is hung" in lines[0], err
     assert_all_gone(processes)
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses of the TCP sockets ``pid`` listens on (its fds matched against /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    addresses = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                packed = b"".join(bytes.fromhex(word)[::-1] for word in re.findall("........", local.split(":")[0]))
+                addresses.append(socket.inet_ntop(family, packed))
+    return addresses
+
+
+def non_loopback_interface() -> str | None:
+    """An interface with an IPv4 address that is not loopback, if this machine has one."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:  # SIOCGIFADDR
+                address = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))[20:24]
+            except OSError:
+                continue
+        if not socket.inet_ntoa(address).startswith("127."):
+            return name
+    return None
+
+
+def test_a_local_launch_listens_on_host_only(tmp_path):
+    """issue 9 item 7: rank 0's rendezvous store listened on every interface (*:PORT).
+
+    GLOO_SOCKET_IFNAME names another interface, as a hostname resolving to a public address
+    would: the gloo pairs of a local launch must still listen on --host.
+    """
+    interface = non_loopback_interface()
+    environment = {**ENV, "GLOO_SOCKET_IFNAME": interface} if interface else ENV
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--learner-speeds", "0.2,0.2", environment=environment)
+    try:
+        listening = {p["rank"]: listening_addresses(p["pid"]) for p in processes}
+        listening["launcher"] = listening_addresses(process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert listening[0], "rank 0 listens for its store and its gloo pairs"
+    assert all(address == "127.0.0.1" for addresses in listening.values() for address in addresses), listening

@@ -25,11 +25,10 @@ from ..build import batches_per_epoch, build_run, load_data
 from ..config import ConfigError, TrainConfig, make_config
 from ..datasets import DataError
 from ..runlog import SUMMARY, RunDirError, atomic_write_bytes, load_checkpoint, open_run_dir
-from .dist import DistError, DistLearner, DistServer, ServerLost, init, short
+from .dist import STORE_FD, SUPERVISED, DistError, DistLearner, DistServer, ServerLost, init, short
 
 PROCESSES = "processes.json"
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
-SUPERVISED = "SOFTSYNC_SUPERVISED"  # set for locally launched ranks: the supervisor reports consequences
 
 
 def under_torchrun() -> bool:
@@ -99,6 +98,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def store_socket(host: str) -> socket.socket:
+    """A socket listening on ``host`` only, on a free port: rank 0's rendezvous store takes it over."""
+    family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    listening = socket.socket(family, kind)
+    listening.bind(address)
+    listening.listen(socket.SOMAXCONN)  # every rank may connect before rank 0 accepts
+    return listening
+
+
 POLL_S = 0.1  # how often the supervisor looks at its children
 
 
@@ -164,26 +172,38 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     batches_per_epoch(config, len(load_data(config).train_y))
     config, out = open_run_dir(config, checkpoint)
     world = config.learners + 1
+    listening = store_socket(config.host)
     environment = {
         **os.environ,
         "MASTER_ADDR": config.host,
-        "MASTER_PORT": str(free_port(config.host)),
+        "MASTER_PORT": str(listening.getsockname()[1]),
         "WORLD_SIZE": str(world),
         WORKER_CONFIG: json.dumps(config.resolved()),
+        SUPERVISED: "1",
     }
     processes: list[subprocess.Popen] = []
     restore = exit_on_termination()
     try:
-        for rank in range(world):
-            threads = 1 if rank == 0 else config.threads_per_learner
-            rank_environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads), SUPERVISED: "1"}
-            processes.append(subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=rank_environment))
+        processes.append(start_rank(0, environment, threads=1, store=listening))
+        listening.close()  # rank 0 holds it now
+        for rank in range(1, world):
+            processes.append(start_rank(rank, environment, threads=config.threads_per_learner))
         supervise(processes, config.timeout)
     finally:
+        listening.close()
         end_all(processes)
         restore()
         (out / PROCESSES).unlink(missing_ok=True)  # a rank stopped by a signal could not remove it
     return json.loads((out / SUMMARY).read_text())
+
+
+def start_rank(rank: int, environment: dict, threads: int, store: socket.socket | None = None) -> subprocess.Popen:
+    """Start one locally launched rank; rank 0 gets the store's listening socket."""
+    environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
+    inherited = () if store is None else (store.fileno(),)
+    if store is not None:
+        environment[STORE_FD] = str(store.fileno())
+    return subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=environment, pass_fds=inherited)
 
 
 def exit_on_termination():
