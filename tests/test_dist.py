@@ -371,3 +371,61 @@ def test_a_local_launch_listens_on_host_only(tmp_path):
         process.communicate(timeout=30)
     assert listening[0], "rank 0 listens for its store and its gloo pairs"
     assert all(address == "127.0.0.1" for addresses in listening.values() for address in addresses), listening
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.parametrize("moment", ["after 0.3 s", "after 1 s", "while the ranks start", "at processes.json"])
+def test_ctrl_c_during_start_up_prints_one_line(tmp_path, moment):
+    """issue 9 item 10: Ctrl-C in a dist run's first seconds printed a KeyboardInterrupt traceback per rank."""
+    out = tmp_path / "run"
+    command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
+               "--batch-size", "16", "--learners", "2", "--epochs", "50", "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        if moment == "while the ranks start":  # they import torch and load the data for seconds
+            while len(children(process.pid)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.5)
+        elif moment == "at processes.json":
+            while not (out / "processes.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(float(moment.split()[1]))
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
+        _, err = process.communicate(timeout=60)
+        gone = time.monotonic() + 10
+        while group_members(process.pid) and time.monotonic() < gone:
+            time.sleep(0.05)
+        assert not group_members(process.pid)
+    finally:
+        if group_members(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert error_lines(err) == ["softsync: interrupted"]

@@ -96,6 +96,15 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `softsync` command; a Ctrl-C at any moment ends it with one line and exit 130."""
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt:
+        print("softsync: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -110,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if not error.reported:
             print(f"softsync: error: {error}", file=sys.stderr)
         return error.exit_code
-    except (KeyboardInterrupt, SystemExit) as stop:
+    except SystemExit as stop:  # SIGTERM or SIGHUP, turned into SystemExit by the dist launcher
         print("softsync: interrupted", file=sys.stderr)
-        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        return stop.code
 
 
 if __name__ == "__main__":

@@ -203,7 +203,18 @@ def start_rank(rank: int, environment: dict, threads: int, store: socket.socket 
     inherited = () if store is None else (store.fileno(),)
     if store is not None:
         environment[STORE_FD] = str(store.fileno())
-    return subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=environment, pass_fds=inherited)
+    return subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=environment, pass_fds=inherited,
+                            preexec_fn=ignore_interrupts)
+
+
+def ignore_interrupts() -> None:
+    """In a rank, between fork and exec: ignore SIGINT, which a terminal's Ctrl-C sends to the whole group.
+
+    The launcher alone answers Ctrl-C, with one line, and ends the ranks. An ignored SIGINT stays
+    ignored across exec and Python then installs no KeyboardInterrupt handler, so a rank stays
+    silent even while it imports torch or loads its data.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def exit_on_termination():
