@@ -1,7 +1,11 @@
 """The dist engine through real processes on 127.0.0.1."""
+import fcntl
 import json
 import os
+import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -32,12 +36,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(out: Path, *flags: str) -> tuple[subprocess.Popen, list[dict]]:
+def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subprocess.Popen, list[dict]]:
     """Start `softsync train --engine dist` in a session of its own and wait for its processes.json."""
     command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
                "--batch-size", "16", "--quiet", "--out", str(out), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment or ENV, start_new_session=True)
     deadline = time.monotonic() + 60
     while not (out / "processes.json").exists():
         assert process.poll() is None, process.communicate()
@@ -145,6 +149,7 @@ def test_losing_every_learner_fails_with_one_line_and_a_usable_checkpoint(tmp_pa
     lines = error_lines(err)
     assert len(lines) == 1 and "every learner was lost" in lines[0], err
     assert_all_gone(processes)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)  # the last one written
     resumed = train(resume=str(out), quiet=True)
     assert resumed["status"] == "completed" and resumed["gradients"] == resumed["updates"] == 20 * (2048 // 16)
 
@@ -298,7 +303,7 @@ def test_a_run_resumed_after_losing_a_learner_runs_the_protocol_with_every_learn
     """Issue 9 item 1: the checkpoint written after a loss must not make the resumed run count fewer learners
     than it starts (hardsync would then reject pushes as 'twice in one round' and apply stale gradients)."""
     out = tmp_path / "run"
-    process, processes = start(out, "--learners", "3", "--protocol", "hardsync", "--epochs", "30", "--timeout", "30",
+    process, processes = start(out, "--learners", "3", "--protocol", "hardsync", "--epochs", "4", "--timeout", "30",
                                "--checkpoint-every", "10", "--learner-speeds", "0.3,0.3,0.3")
     try:
         os.kill(next(p for p in processes if p["rank"] == 3)["pid"], signal.SIGKILL)
@@ -316,13 +321,147 @@ def test_a_run_resumed_after_losing_a_learner_runs_the_protocol_with_every_learn
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert_all_gone(processes)
-    resumed = train(resume=str(out), epochs=saved["epoch"] + 1, quiet=True)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)  # the last one written
+    resumed = train(resume=str(out), quiet=True)
     assert resumed["status"] == "completed" and resumed["learner_failures"] == 1  # counted across the resume
     assert resumed["rejected_gradients"] == 0
     assert set(resumed["staleness"]["histogram"]) == {"0"}  # hardsync: τ = 0, always
     per_epoch = (2048 // (16 * 3)) * 3
-    assert resumed["gradients"] == (saved["epoch"] + 1) * per_epoch
+    assert resumed["gradients"] == 4 * per_epoch
     # from the checkpoint on, every round has all three learners: one update per three gradients (and one more
     # if a round cut by the checkpoint was applied at the restart)
     resumed_gradients = resumed["gradients"] - saved["server"]["accepted_gradients"]
     assert resumed["updates"] - saved["server"]["clock"] - resumed_gradients // 3 in (0, 1)
+
+
+def server_pid(processes: list[dict]) -> int:
+    return next(p["pid"] for p in processes if p["rank"] == 0)
+
+
+def test_a_hung_server_ends_the_run_with_one_line(tmp_path):
+    """issue 9 item 3: the launcher waited on a stopped server forever after its learners gave up."""
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--timeout", "2")
+    try:
+        os.kill(server_pid(processes), signal.SIGSTOP)
+        # learners give up after gloo's 2 × 2 s, the server then has 2 s to exit: ~6 s
+        _, err = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1
+    lines = error_lines(err)
+    assert len(lines) == 1 and "the server (rank 0) is hung" in lines[0], err
+    assert_all_gone(processes)
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses of the TCP sockets ``pid`` listens on (its fds matched against /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    addresses = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                packed = b"".join(bytes.fromhex(word)[::-1] for word in re.findall("........", local.split(":")[0]))
+                addresses.append(socket.inet_ntop(family, packed))
+    return addresses
+
+
+def non_loopback_interface() -> str | None:
+    """An interface with an IPv4 address that is not loopback, if this machine has one."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:  # SIOCGIFADDR
+                address = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))[20:24]
+            except OSError:
+                continue
+        if not socket.inet_ntoa(address).startswith("127."):
+            return name
+    return None
+
+
+def test_a_local_launch_listens_on_host_only(tmp_path):
+    """issue 9 item 7: rank 0's rendezvous store listened on every interface (*:PORT).
+
+    GLOO_SOCKET_IFNAME names another interface, as a hostname resolving to a public address
+    would: the gloo pairs of a local launch must still listen on --host.
+    """
+    interface = non_loopback_interface()
+    environment = {**ENV, "GLOO_SOCKET_IFNAME": interface} if interface else ENV
+    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
+                               "--learner-speeds", "0.2,0.2", environment=environment)
+    try:
+        listening = {p["rank"]: listening_addresses(p["pid"]) for p in processes}
+        listening["launcher"] = listening_addresses(process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert listening[0], "rank 0 listens for its store and its gloo pairs"
+    assert all(address == "127.0.0.1" for addresses in listening.values() for address in addresses), listening
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.parametrize("moment", ["after 0.3 s", "after 1 s", "while the ranks start", "at processes.json"])
+def test_ctrl_c_during_start_up_prints_one_line(tmp_path, moment):
+    """issue 9 item 10: Ctrl-C in a dist run's first seconds printed a KeyboardInterrupt traceback per rank."""
+    out = tmp_path / "run"
+    command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
+               "--batch-size", "16", "--learners", "2", "--epochs", "50", "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        if moment == "while the ranks start":  # they import torch and load the data for seconds
+            while len(children(process.pid)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.5)
+        elif moment == "at processes.json":
+            while not (out / "processes.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(float(moment.split()[1]))
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
+        _, err = process.communicate(timeout=60)
+        gone = time.monotonic() + 10
+        while group_members(process.pid) and time.monotonic() < gone:
+            time.sleep(0.05)
+        assert not group_members(process.pid)
+    finally:
+        if group_members(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert error_lines(err) == ["softsync: interrupted"]

@@ -92,6 +92,15 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `softsync` command; a Ctrl-C at any moment ends it with one line and exit 130."""
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt:
+        print("softsync: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

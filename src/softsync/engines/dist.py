@@ -300,17 +300,57 @@ class DistLearner:
             raise ServerLost(f"learner {self.learner_id} lost the server: {short(error)}") from None
 
 
+SUPERVISED = "SOFTSYNC_SUPERVISED"  # set for locally launched ranks: the supervisor reports consequences
+STORE_FD = "SOFTSYNC_STORE_FD"  # a local launch's rank 0: the listening socket its store takes over
+LOCAL_GLOO = "softsync_gloo"  # gloo, its device bound to --host (a local launch)
+
+
 def init(config: TrainConfig, rank: int, world: int) -> None:
     """Join the process group at MASTER_ADDR:MASTER_PORT."""
     try:
         # gloo's own timeout is twice ours: the server's deadline names (and on its host ends) a hung
         # learner first, because a timed-out gloo receive closes the connections to every peer
         timeout = timedelta(seconds=2 * config.timeout)
-        store, _, _ = next(rendezvous("env://", rank, world, timeout=timeout))
         # torchrun --max-restarts keeps its store across restarts: restarted ranks must not read the
         # addresses of the ranks that died, so each attempt has keys of its own
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"softsync/attempt-{attempt}/", store)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+        store = dist.PrefixStore(f"softsync/attempt-{attempt}/", meeting_store(rank, world, timeout))
+        backend = local_gloo(config.host) if os.environ.get(SUPERVISED) else "gloo"
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     except Exception as error:
         raise RunError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
+
+
+def meeting_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store: torchrun's (or env://'s), or in a local launch one listening on --host only.
+
+    env:// makes rank 0's TCPStore listen on every interface. A local launch hands rank 0 a socket
+    the launcher bound to --host (master_listen_fd); the other ranks connect to it as under env://.
+    The port cannot be taken between choosing and binding it, and a rank ready before rank 0 waits
+    in the socket's backlog. (A FileStore would listen nowhere, but gloo listens anyway, and a
+    store file left by a killed run would have to be found and removed before a --resume.)
+    """
+    listening = os.environ.get(STORE_FD)
+    if listening is None:
+        store, _, _ = next(rendezvous("env://", rank, world, timeout=timeout))
+        return store
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=True,
+                         timeout=timeout, master_listen_fd=int(listening))
+
+
+def local_gloo(host: str) -> str:
+    """A gloo backend whose listening socket is on ``host``; returns its name for init_process_group.
+
+    gloo's default device binds the address the machine's hostname resolves to (or
+    GLOO_SOCKET_IFNAME's), often a public one, and init_process_group takes no gloo options. The
+    ranks of a local launch all meet on --host, so they register gloo with a device made for it.
+    """
+    def create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> dist.ProcessGroupGloo:
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        return dist.ProcessGroupGloo(store, rank, size, options)
+
+    if not hasattr(dist.Backend, LOCAL_GLOO.upper()):
+        dist.Backend.register_backend(LOCAL_GLOO, create, devices=["cpu"])
+    return LOCAL_GLOO

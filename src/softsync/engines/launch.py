@@ -26,10 +26,9 @@ from ..checkpoint import Checkpointer, load_checkpoint
 from ..config import TrainConfig, make_config
 from ..errors import ConfigError, RunError, ServerLost, UserError
 from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
-from .dist import DistLearner, DistServer, init, short
+from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, init, short
 
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
-SUPERVISED = "SOFTSYNC_SUPERVISED"  # set for locally launched ranks: the supervisor reports consequences
 
 
 def under_torchrun() -> bool:
@@ -103,26 +102,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def store_socket(host: str) -> socket.socket:
+    """A socket listening on ``host`` only, on a free port: rank 0's rendezvous store takes it over."""
+    family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    listening = socket.socket(family, kind)
+    listening.bind(address)
+    listening.listen(socket.SOMAXCONN)  # every rank may connect before rank 0 accepts
+    return listening
+
+
+POLL_S = 0.1  # how often the supervisor looks at its children
+
+
 def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Wait for the server to finish; raise RunError if it fails.
+    """Wait for the server to finish; raise RunError if it fails or hangs.
 
     Learners may die: the server notices, goes on without them and counts them in
     learner_failures. Rank 0 prints the cause of a failure (exit codes 1 and 2); only a server
-    killed by a signal is reported here.
+    killed by a signal, or hung, is reported here.
+
+    Every wait is bounded. A learner gives up on a silent server after gloo's timeout (2 ×
+    ``timeout``); once every learner has exited, the server needs no one to write its summary or
+    report its failure, so it gets ``timeout`` seconds more. A rule on the server's silence alone
+    would end a server that is legitimately busy, e.g. evaluating a big test set.
     """
-    server = processes[0]
-    code = server.wait()
+    server, learners = processes[0], processes[1:]
+    alone_since: float | None = None  # when the server was first seen without a learner
+    while (code := exit_code_within(server, POLL_S)) is None:
+        if alone_since is None and all(learner.poll() is not None for learner in learners):
+            alone_since = time.monotonic()
+        if alone_since is not None and time.monotonic() - alone_since > timeout:
+            raise RunError(f"the server (rank 0) is hung: it was still running {timeout:g} s (--timeout) after its "
+                            "last learner exited; every process of the run was ended")
     if code != 0:
         error = RunError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
         error.reported = code in (1, 2)
         raise error
     deadline = time.monotonic() + timeout
-    for learner in processes[1:]:  # stopped learners exit at once; end_all ends any other
-        try:
-            learner.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    for learner in learners:  # stopped learners exit at once; end_all ends any other
+        if exit_code_within(learner, max(0.1, deadline - time.monotonic())) is None:
             return
+
+
+def exit_code_within(process: subprocess.Popen, seconds: float) -> int | None:
+    """The process's exit code, or None if it is still running after ``seconds``."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
@@ -148,27 +176,50 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     batches_per_epoch(config, len(load_data(config).train_y))
     config, out, lock = open_run_dir(config, checkpoint)
     world = config.learners + 1
+    listening = store_socket(config.host)
     environment = {
         **os.environ,
         "MASTER_ADDR": config.host,
-        "MASTER_PORT": str(free_port(config.host)),
+        "MASTER_PORT": str(listening.getsockname()[1]),
         "WORLD_SIZE": str(world),
         WORKER_CONFIG: json.dumps(config.resolved()),
+        SUPERVISED: "1",
     }
     processes: list[subprocess.Popen] = []
     restore = exit_on_termination()
     try:
-        for rank in range(world):
-            threads = 1 if rank == 0 else config.threads_per_learner
-            rank_environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads), SUPERVISED: "1"}
-            processes.append(subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=rank_environment))
+        processes.append(start_rank(0, environment, threads=1, store=listening))
+        listening.close()  # rank 0 holds it now
+        for rank in range(1, world):
+            processes.append(start_rank(rank, environment, threads=config.threads_per_learner))
         supervise(processes, config.timeout)
     finally:
+        listening.close()
         end_all(processes)
         restore()
         (out / PROCESSES).unlink(missing_ok=True)  # a rank stopped by a signal could not remove it
         lock.release()
     return json.loads((out / SUMMARY).read_text())
+
+
+def start_rank(rank: int, environment: dict, threads: int, store: socket.socket | None = None) -> subprocess.Popen:
+    """Start one locally launched rank; rank 0 gets the store's listening socket."""
+    environment = {**environment, "RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
+    inherited = () if store is None else (store.fileno(),)
+    if store is not None:
+        environment[STORE_FD] = str(store.fileno())
+    return subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=environment, pass_fds=inherited,
+                            preexec_fn=ignore_interrupts)
+
+
+def ignore_interrupts() -> None:
+    """In a rank, between fork and exec: ignore SIGINT, which a terminal's Ctrl-C sends to the whole group.
+
+    The launcher alone answers Ctrl-C, with one line, and ends the ranks. An ignored SIGINT stays
+    ignored across exec and Python then installs no KeyboardInterrupt handler, so a rank stays
+    silent even while it imports torch or loads its data.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def exit_on_termination():
