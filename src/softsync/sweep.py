@@ -257,11 +257,10 @@ class Children:
             # the whole sweep dies.
             process = subprocess.Popen(argv, preexec_fn=die_with_sweep(), **popen)
             self._running.add(process)
-        try:
-            return process.wait()
-        finally:
-            with self._lock:
-                self._running.discard(process)
+        code = process.wait()  # a signal interrupting it (main thread) leaves the child listed for end_all
+        with self._lock:
+            self._running.discard(process)
+        return code
 
     def end_all(self, grace: float = 10.0) -> None:
         """Start no more runs; SIGTERM the running ones, SIGKILL any still running after ``grace`` seconds."""
@@ -294,8 +293,12 @@ def ended_by_signals() -> Iterator[None]:
         yield
         return
 
+    leaving = []
+
     def leave(signum, frame):
-        raise SystemExit(128 + signum)
+        if not leaving:  # once: a second signal must not interrupt the clean-up that ends the children
+            leaving.append(signum)
+            raise SystemExit(128 + signum)
 
     previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -434,7 +437,8 @@ def sweep(path: str | Path, out: str | Path | None = None, jobs: int = 1, data_d
 
     simulated = [run for run in experiment.runs if run.options.get("engine", "sim") == "sim"]
     distributed = [run for run in experiment.runs if run not in simulated]
-    # on the way out of an exception (a signal, Ctrl-C) the children end first, then the pool's threads
+    # on the way out of an exception (a signal, Ctrl-C, an error) the children end first, then the pool's
+    # threads, which wait for them; the runs are resumed by the next sweep
     with ended_by_signals(), ThreadPoolExecutor(max_workers=jobs) as pool, children:
         list(pool.map(one, simulated))
         for run in distributed:  # alone on the machine: they measure real throughput
