@@ -1,7 +1,13 @@
 """softsync sweep: the grid runs, finished runs are skipped, results and figures are written."""
-
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +250,68 @@ def test_a_garbage_summary_json_marks_its_row_and_the_sweep_goes_on(tmp_path, ca
     assert row["status"].startswith("damaged") and "summary.json" in row["status"]
     assert "damaged" in captured.out and "Traceback" not in captured.err
     assert (run_dir / "summary.json").read_bytes() == content
+
+
+SLOW = """
+[base]
+dataset = "synthetic"
+model = "logreg"
+engine = "sim"
+epochs = 100000
+batch_size = 1
+quiet = true
+[grid]
+protocol = ["async"]
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (PID 1 of a container may never reap an orphan)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_takes_its_training_children_with_it(tmp_path, signum):
+    """Issue 9 item 4: a SIGKILLed or SIGTERMed sweep left its `softsync train` child running as an orphan."""
+    experiment, out = write(tmp_path, SLOW), tmp_path / "out"
+    command = [sys.executable, "-m", "softsync.cli", "sweep", str(experiment), "--out", str(out)]
+    sweep_process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        child = wait_until(lambda: next(iter(children_of(sweep_process.pid)), None), timeout=120)
+        assert child, "the sweep started no run"
+        assert wait_until(lambda: (out / "runs" / "protocol=async" / "config.json").exists(), timeout=120)
+        os.kill(sweep_process.pid, signum)
+        _, err = sweep_process.communicate(timeout=30)
+        assert wait_until(lambda: not alive(child), timeout=15), "the run outlived the sweep"
+        if signum == signal.SIGTERM:  # the sweep ended its run and itself cleanly
+            assert sweep_process.returncode == 128 + signum and b"Traceback" not in err, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the sweep's process group: the sweep and any orphan it left
+            os.killpg(sweep_process.pid, signal.SIGKILL)
+        sweep_process.wait(timeout=30)

@@ -306,9 +306,10 @@ def validate(config: TrainConfig) -> None:
     )
     require(config.epochs >= 1, f"--epochs {config.epochs}: need at least 1 epoch")
     require(config.dataset in DATASETS, f"--dataset {config.dataset!r} is unknown: use {', '.join(DATASETS)}")
+    require(config.synthetic_size >= 1, f"--synthetic-size {config.synthetic_size}: need at least 1 sample")
     require(
-        1 <= config.synthetic_size <= MAX_SYNTHETIC_SIZE,
-        f"--synthetic-size {config.synthetic_size}: must be in [1, {MAX_SYNTHETIC_SIZE}]",
+        config.synthetic_size <= MAX_SYNTHETIC_SIZE,
+        f"--synthetic-size {config.synthetic_size}: at most {MAX_SYNTHETIC_SIZE} samples (they are held in memory)",
     )
     require(config.model in MODELS, f"--model {config.model!r} is unknown: use {', '.join(sorted(MODELS))}")
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")

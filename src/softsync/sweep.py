@@ -13,6 +13,8 @@ An experiment file is TOML::
 
 ``[[grid]]`` (several tables) runs the union of their products. Every run is its own
 ``softsync train`` process writing ``OUT/runs/<name>``; its output goes to ``OUT/logs/<name>.log``.
+The runs die with the sweep: SIGTERM, SIGHUP or Ctrl-C ends them before the sweep exits, and
+a SIGKILLed sweep takes them with it (Linux: PR_SET_PDEATHSIG).
 A run whose directory has a summary is finished and skipped; one stopped with a checkpoint is
 resumed; one stopped before its first checkpoint is started again. Runs under the dist engine
 run one at a time, after the others, because they measure real speed.
@@ -27,14 +29,19 @@ that run again).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import ctypes.util
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +231,102 @@ def run_state(run_dir: Path, options: dict) -> str:
     return run_progress(run_dir)
 
 
-def execute(run: SweepRun, out: Path) -> str:
-    """Run (or resume) one training run in its own process; returns its exit status as text."""
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_sweep() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the child gets SIGKILL when the thread that started it ends (Linux).
+
+    prctl is looked up here, in the sweep: between fork and exec the child only calls it.
+    """
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: SIGTERM, SIGHUP and Ctrl-C still end the children
+        return None
+    sweep_pid = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != sweep_pid:  # the sweep died between fork and prctl: nothing will signal us
+            os._exit(1)
+
+    return arm
+
+
+class Children:
+    """The sweep's running ``softsync train`` processes, so that a sweep that is stopped ends them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def run(self, argv: list[str], **popen) -> int | None:
+        """Run ``argv`` to its end and return its exit code; None, starting nothing, once the sweep is stopping."""
+        with self._lock:
+            if self.stopping:
+                return None
+            # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process. That
+            # thread (a ThreadPoolExecutor worker, or the main thread for dist runs) is this one, and it
+            # waits below until the child has exited: it outlives the child, so the signal only comes when
+            # the whole sweep dies.
+            process = subprocess.Popen(argv, preexec_fn=die_with_sweep(), **popen)
+            self._running.add(process)
+        code = process.wait()  # a signal interrupting it (main thread) leaves the child listed for end_all
+        with self._lock:
+            self._running.discard(process)
+        return code
+
+    def end_all(self, grace: float = 10.0) -> None:
+        """Start no more runs; SIGTERM the running ones, SIGKILL any still running after ``grace`` seconds."""
+        with self._lock:
+            self.stopping = True
+            running = list(self._running)
+        for process in running:
+            if process.poll() is None:
+                process.terminate()  # a dist run ends its own ranks on SIGTERM
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=grace)
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:  # interrupted or failed: no run may outlive the sweep
+            self.end_all()
+
+
+@contextlib.contextmanager
+def ended_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the sweep through its clean-up path (SystemExit), as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    leaving = []
+
+    def leave(signum, frame):
+        if not leaving:  # once: a second signal must not interrupt the clean-up that ends the children
+            leaving.append(signum)
+            raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def execute(run: SweepRun, out: Path, children: Children) -> str | None:
+    """Run (or resume) one training run in its own process; its exit status as text (None: the sweep is stopping)."""
+    if children.stopping:
+        return None
     run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
     state = run_state(run_dir, run.options)
     if state == "finished":
@@ -242,12 +343,14 @@ def execute(run: SweepRun, out: Path) -> str:
     with open(log, "a") as handle:
         handle.write(f"$ softsync train {' '.join(flags)} --quiet\n")
         handle.flush()
-        code = subprocess.call(
+        code = children.run(
             [sys.executable, "-m", "softsync.cli", "train", *flags, "--quiet"],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=environment,
         )
+    if code is None:
+        return None
     if code == 0:
         return "ran"
     lines = log.read_text().strip().splitlines()
@@ -347,10 +450,13 @@ def sweep(
         run_state(out / "runs" / run.name, run.options)
     outcomes: dict[str, str] = {}
     total, started, reporting = len(experiment.runs), time.monotonic(), threading.Lock()
+    children = Children()
 
     def one(run: SweepRun) -> None:
         begin = time.monotonic()
-        outcome = execute(run, out)
+        outcome = execute(run, out, children)
+        if outcome is None:  # the sweep is being stopped
+            return
         row = result_row(run, out / "runs" / run.name, outcome)
         error = "" if row.get("test_error") is None else f", test error {row['test_error']:.4f}"
         shown = row["status"] if outcome == "ran" or row["status"].startswith("damaged") else outcome
@@ -360,10 +466,12 @@ def sweep(
 
     simulated = [run for run in experiment.runs if run.options.get("engine", "sim") == "sim"]
     distributed = [run for run in experiment.runs if run not in simulated]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    # on the way out of an exception (a signal, Ctrl-C, an error) the children end first, then the pool's
+    # threads, which wait for them; the runs are resumed by the next sweep
+    with ended_by_signals(), ThreadPoolExecutor(max_workers=jobs) as pool, children:
         list(pool.map(one, simulated))
-    for run in distributed:  # alone on the machine: they measure real throughput
-        one(run)
+        for run in distributed:  # alone on the machine: they measure real throughput
+            one(run)
     rows = [result_row(run, out / "runs" / run.name, outcomes.get(run.name)) for run in experiment.runs]
     write_results(rows, experiment.grid_keys, out)
     for figure in plot_experiment(experiment.figures, experiment.runs, rows, out):
