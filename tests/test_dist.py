@@ -1,4 +1,5 @@
 """The dist engine through real processes on 127.0.0.1."""
+
 import fcntl
 import json
 import os
@@ -38,10 +39,30 @@ def alive(pid: int) -> bool:
 
 def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subprocess.Popen, list[dict]]:
     """Start `softsync train --engine dist` in a session of its own and wait for its processes.json."""
-    command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
-               "--batch-size", "16", "--quiet", "--out", str(out), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment or ENV, start_new_session=True)
+    command = [
+        str(BIN / "softsync"),
+        "train",
+        "--engine",
+        "dist",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--out",
+        str(out),
+        *flags,
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment or ENV,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while not (out / "processes.json").exists():
         assert process.poll() is None, process.communicate()
@@ -91,10 +112,16 @@ def test_hardsync_under_dist_equals_hardsync_under_sim(tmp_path):
 
 
 def test_no_process_is_left_after_a_run(tmp_path):
-    process, processes = start(tmp_path / "run", "--learners", "3", "--protocol", "async", "--epochs", "3",
-                               "--learner-speeds", "0.5,0.5,0.5")
+    process, processes = start(
+        tmp_path / "run", "--learners", "3", "--protocol", "async", "--epochs", "3", "--learner-speeds", "0.5,0.5,0.5"
+    )
     assert sorted(p["rank"] for p in processes) == [0, 1, 2, 3]
-    assert [p["role"] for p in sorted(processes, key=lambda p: p["rank"])] == ["server", "learner", "learner", "learner"]
+    assert [p["role"] for p in sorted(processes, key=lambda p: p["rank"])] == [
+        "server",
+        "learner",
+        "learner",
+        "learner",
+    ]
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "completed" in out
@@ -104,8 +131,17 @@ def test_no_process_is_left_after_a_run(tmp_path):
 @pytest.mark.parametrize("protocol", ["async", "hardsync"])
 def test_a_killed_learner_is_survived(tmp_path, protocol):
     epochs = 30
-    process, processes = start(tmp_path / "run", "--learners", "3", "--protocol", protocol, "--epochs", str(epochs),
-                               "--learner-speeds", "0.1,0.1,0.1")
+    process, processes = start(
+        tmp_path / "run",
+        "--learners",
+        "3",
+        "--protocol",
+        protocol,
+        "--epochs",
+        str(epochs),
+        "--learner-speeds",
+        "0.1,0.1,0.1",
+    )
     time.sleep(0.5)  # mid-run
     os.kill(next(p for p in processes if p["rank"] == 2)["pid"], signal.SIGKILL)
     out, err = process.communicate(timeout=120)
@@ -125,8 +161,19 @@ def test_a_killed_learner_is_survived(tmp_path, protocol):
 
 
 def test_a_hung_learner_is_dropped_after_the_timeout(tmp_path):
-    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "15",
-                               "--learner-speeds", "0.3,0.3", "--timeout", "3")
+    process, processes = start(
+        tmp_path / "run",
+        "--learners",
+        "2",
+        "--protocol",
+        "async",
+        "--epochs",
+        "15",
+        "--learner-speeds",
+        "0.3,0.3",
+        "--timeout",
+        "3",
+    )
     os.kill(next(p for p in processes if p["rank"] == 2)["pid"], signal.SIGSTOP)  # hung, not dead
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
@@ -138,7 +185,9 @@ def test_a_hung_learner_is_dropped_after_the_timeout(tmp_path):
 
 def test_losing_every_learner_fails_with_one_line_and_a_usable_checkpoint(tmp_path):
     out = tmp_path / "run"
-    process, processes = start(out, "--learners", "1", "--protocol", "async", "--epochs", "20", "--checkpoint-every", "10")
+    process, processes = start(
+        out, "--learners", "1", "--protocol", "async", "--epochs", "20", "--checkpoint-every", "10"
+    )
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.pt").exists():
         assert time.monotonic() < deadline and process.poll() is None
@@ -149,15 +198,15 @@ def test_losing_every_learner_fails_with_one_line_and_a_usable_checkpoint(tmp_pa
     lines = error_lines(err)
     assert len(lines) == 1 and "every learner was lost" in lines[0], err
     assert_all_gone(processes)
-    saved = torch.load(out / "checkpoint.pt", weights_only=False)  # the last one written
     resumed = train(resume=str(out), quiet=True)
     assert resumed["status"] == "completed" and resumed["gradients"] == resumed["updates"] == 20 * (2048 // 16)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupting_the_run_ends_every_process(tmp_path, how):
-    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
-                               "--learner-speeds", "0.2,0.2")
+    process, processes = start(
+        tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50", "--learner-speeds", "0.2,0.2"
+    )
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)  # what a terminal does: every process of the group
     else:
@@ -173,8 +222,24 @@ def test_bad_input_under_dist_exits_2_before_starting_anything(tmp_path, capsys)
     from softsync.cli import main
 
     out = tmp_path / "run"
-    code = main(["train", "--engine", "dist", "--dataset", "synthetic", "--learners", "2", "--protocol", "hardsync",
-                 "--batch-size", "5000", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--engine",
+            "dist",
+            "--dataset",
+            "synthetic",
+            "--learners",
+            "2",
+            "--protocol",
+            "hardsync",
+            "--batch-size",
+            "5000",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert len(error_lines(capsys.readouterr().err)) == 1
     assert not out.exists()
@@ -182,13 +247,35 @@ def test_bad_input_under_dist_exits_2_before_starting_anything(tmp_path, capsys)
 
 def test_torchrun_with_two_nodes_on_loopback(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text(f'dataset = "synthetic"\nmodel = "mlp"\nlearners = 3\nprotocol = "2-softsync"\nbatch-size = 16\n'
-                      f'epochs = 2\nquiet = true\nout = "{tmp_path / "run"}"\ntimeout = 60\n')
+    config.write_text(
+        f'dataset = "synthetic"\nmodel = "mlp"\nlearners = 3\nprotocol = "2-softsync"\nbatch-size = 16\n'
+        f'epochs = 2\nquiet = true\nout = "{tmp_path / "run"}"\ntimeout = 60\n'
+    )
     port = str(free_port())
     nodes = [
-        subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", port, "-m", "softsync.dist", "--config", str(config)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        subprocess.Popen(
+            [
+                str(BIN / "torchrun"),
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "2",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "-m",
+                "softsync.dist",
+                "--config",
+                str(config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         for node in (0, 1)
     ]
     results = [node.communicate(timeout=180) for node in nodes]
@@ -210,8 +297,19 @@ def test_resume_under_dist_continues_the_run(tmp_path):
 
 def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    process, processes = start(out, "--learners", "2", "--protocol", "async", "--epochs", "6",
-                               "--learner-speeds", "0.1,0.1", "--checkpoint-every", "20")
+    process, processes = start(
+        out,
+        "--learners",
+        "2",
+        "--protocol",
+        "async",
+        "--epochs",
+        "6",
+        "--learner-speeds",
+        "0.1,0.1",
+        "--checkpoint-every",
+        "20",
+    )
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.pt").exists():
         assert time.monotonic() < deadline and process.poll() is None
@@ -233,8 +331,9 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
 
 
 def test_divergence_under_dist_stops_every_learner(tmp_path):
-    summary = train(protocol="hardsync", learners=2, epochs=3, lr=1e6, lr_policy="constant", out=str(tmp_path / "run"),
-                    **SMALL)
+    summary = train(
+        protocol="hardsync", learners=2, epochs=3, lr=1e6, lr_policy="constant", out=str(tmp_path / "run"), **SMALL
+    )
     assert summary["status"] == "diverged"
 
 
@@ -242,12 +341,48 @@ def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     """The server is SIGKILLed; torchrun restarts every rank, which resume the run in --out."""
     out = tmp_path / "run"
     torchrun = subprocess.Popen(
-        [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", "3", "--max-restarts", "1", "--monitor-interval", "0.1",
-         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-         "-m", "softsync.torchrun", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
-         "--protocol", "async", "--epochs", "20", "--checkpoint-every", "20",
-         "--timeout", "60", "--quiet", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+        [
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "3",
+            "--max-restarts",
+            "1",
+            "--monitor-interval",
+            "0.1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            "-m",
+            "softsync.torchrun",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--batch-size",
+            "16",
+            "--learners",
+            "2",
+            "--protocol",
+            "async",
+            "--epochs",
+            "20",
+            "--checkpoint-every",
+            "20",
+            "--timeout",
+            "60",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not (out / "checkpoint.pt").exists() or not (out / "processes.json").exists():
@@ -264,7 +399,9 @@ def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     assert summary["status"] == "completed"
     # async: every mini-batch of the 20 epochs applied once, counting from the checkpoint's state
     assert summary["gradients"] == summary["updates"] == 20 * (2048 // 16)
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 21))
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 21)
+    )
     assert_all_gone(first)
 
 
@@ -273,15 +410,44 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
     from rogue_learner import FAULTS
 
     out = tmp_path / "run"
-    flags = ["--engine", "dist", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--learners", "2",
-             "--protocol", "async", "--epochs", "2", "--timeout", "60", "--quiet", "--out", str(out)]
+    flags = [
+        "--engine",
+        "dist",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--batch-size",
+        "16",
+        "--learners",
+        "2",
+        "--protocol",
+        "async",
+        "--epochs",
+        "2",
+        "--timeout",
+        "60",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     world = {"WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    commands = {0: [str(BIN / "python"), "-m", "softsync.dist", *flags],
-                1: [str(BIN / "python"), str(Path(__file__).parent / "rogue_learner.py"), *flags],
-                2: [str(BIN / "python"), "-m", "softsync.dist", *flags]}
-    ranks = {rank: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env={**ENV, **world, "RANK": str(rank)}, start_new_session=True)
-             for rank, command in commands.items()}
+    commands = {
+        0: [str(BIN / "python"), "-m", "softsync.dist", *flags],
+        1: [str(BIN / "python"), str(Path(__file__).parent / "rogue_learner.py"), *flags],
+        2: [str(BIN / "python"), "-m", "softsync.dist", *flags],
+    }
+    ranks = {
+        rank: subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, **world, "RANK": str(rank)},
+            start_new_session=True,
+        )
+        for rank, command in commands.items()
+    }
     try:
         results = {rank: process.communicate(timeout=120) for rank, process in ranks.items()}
     finally:
@@ -296,15 +462,30 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
     # async: every mini-batch of both epochs applied exactly once, none of the malformed ones
     assert summary["gradients"] == summary["updates"] == 2 * (2048 // 16)
     logged = results[0][1]
-    assert logged.count("rejected a") == logged.count("of learner 0 (rank 1)") == len(FAULTS) and "Traceback" not in logged, logged
+    assert (
+        logged.count("rejected a") == logged.count("of learner 0 (rank 1)") == len(FAULTS) and "Traceback" not in logged
+    ), logged
 
 
 def test_a_run_resumed_after_losing_a_learner_runs_the_protocol_with_every_learner_it_starts(tmp_path):
     """Issue 9 item 1: the checkpoint written after a loss must not make the resumed run count fewer learners
     than it starts (hardsync would then reject pushes as 'twice in one round' and apply stale gradients)."""
     out = tmp_path / "run"
-    process, processes = start(out, "--learners", "3", "--protocol", "hardsync", "--epochs", "4", "--timeout", "30",
-                               "--checkpoint-every", "10", "--learner-speeds", "0.3,0.3,0.3")
+    process, processes = start(
+        out,
+        "--learners",
+        "3",
+        "--protocol",
+        "hardsync",
+        "--epochs",
+        "4",
+        "--timeout",
+        "30",
+        "--checkpoint-every",
+        "10",
+        "--learner-speeds",
+        "0.3,0.3,0.3",
+    )
     try:
         os.kill(next(p for p in processes if p["rank"] == 3)["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 60
@@ -340,8 +521,9 @@ def server_pid(processes: list[dict]) -> int:
 
 def test_a_hung_server_ends_the_run_with_one_line(tmp_path):
     """issue 9 item 3: the launcher waited on a stopped server forever after its learners gave up."""
-    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
-                               "--timeout", "2")
+    process, processes = start(
+        tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50", "--timeout", "2"
+    )
     try:
         os.kill(server_pid(processes), signal.SIGSTOP)
         # learners give up after gloo's 2 × 2 s, the server then has 2 s to exit: ~6 s
@@ -364,7 +546,7 @@ def listening_addresses(pid: int) -> list[str]:
         except FileNotFoundError:
             continue
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     addresses = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
@@ -397,8 +579,18 @@ def test_a_local_launch_listens_on_host_only(tmp_path):
     """
     interface = non_loopback_interface()
     environment = {**ENV, "GLOO_SOCKET_IFNAME": interface} if interface else ENV
-    process, processes = start(tmp_path / "run", "--learners", "2", "--protocol", "async", "--epochs", "50",
-                               "--learner-speeds", "0.2,0.2", environment=environment)
+    process, processes = start(
+        tmp_path / "run",
+        "--learners",
+        "2",
+        "--protocol",
+        "async",
+        "--epochs",
+        "50",
+        "--learner-speeds",
+        "0.2,0.2",
+        environment=environment,
+    )
     try:
         listening = {p["rank"]: listening_addresses(p["pid"]) for p in processes}
         listening["launcher"] = listening_addresses(process.pid)
@@ -436,10 +628,28 @@ def children(pid: int) -> list[int]:
 def test_ctrl_c_during_start_up_prints_one_line(tmp_path, moment):
     """issue 9 item 10: Ctrl-C in a dist run's first seconds printed a KeyboardInterrupt traceback per rank."""
     out = tmp_path / "run"
-    command = [str(BIN / "softsync"), "train", "--engine", "dist", "--dataset", "synthetic", "--model", "mlp",
-               "--batch-size", "16", "--learners", "2", "--epochs", "50", "--quiet", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               start_new_session=True)
+    command = [
+        str(BIN / "softsync"),
+        "train",
+        "--engine",
+        "dist",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--batch-size",
+        "16",
+        "--learners",
+        "2",
+        "--epochs",
+        "50",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         if moment == "while the ranks start":  # they import torch and load the data for seconds

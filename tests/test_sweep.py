@@ -1,4 +1,5 @@
 """softsync sweep: the grid runs, finished runs are skipped, results and figures are written."""
+
 import contextlib
 import csv
 import json

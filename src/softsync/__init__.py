@@ -1,4 +1,5 @@
 """softsync: staleness-aware asynchronous SGD with a parameter server (Zhang et al., IJCAI 2016)."""
+
 import sys
 from pathlib import Path
 
@@ -28,7 +29,25 @@ except KeyboardInterrupt:
     raise SystemExit(130) from None
 
 __all__ = [
-    "ConfigError", "Coordinator", "DataError", "DataServer", "RunDirError", "RunError", "SoftsyncError", "Learner", "MODELS", "POLICIES", "ParameterServer", "Protocol",
-    "StalenessStats", "TrainConfig", "build_model", "gradients_per_update", "make_config",
-    "parse_protocol", "register_model", "register_policy", "train",
+    "ConfigError",
+    "Coordinator",
+    "DataError",
+    "DataServer",
+    "RunDirError",
+    "RunError",
+    "SoftsyncError",
+    "Learner",
+    "MODELS",
+    "POLICIES",
+    "ParameterServer",
+    "Protocol",
+    "StalenessStats",
+    "TrainConfig",
+    "build_model",
+    "gradients_per_update",
+    "make_config",
+    "parse_protocol",
+    "register_model",
+    "register_policy",
+    "train",
 ]

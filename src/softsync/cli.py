@@ -3,6 +3,7 @@
 Every user error (bad flag, bad config value, missing data, unusable run directory) ends
 with one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file whose keys are these flag names; flags override it")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read options from a TOML file whose keys are these flag names; flags override it",
+    )
     for name, spec in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         default = spec.default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=spec.metadata["help"])
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None, help=spec.metadata["help"]
+            )
         else:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             text = spec.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else "")
@@ -33,15 +40,32 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="softsync", description="Staleness-aware asynchronous SGD with a parameter server (hardsync, n-softsync, async).")
+    parser = OneLineParser(
+        prog="softsync",
+        description="Staleness-aware asynchronous SGD with a parameter server (hardsync, n-softsync, async).",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train = commands.add_parser("train", help="train one model")
     _add_train_flags(train)
     sweep = commands.add_parser("sweep", help="run an experiment grid from a TOML file")
     sweep.add_argument("experiment", metavar="EXPERIMENT.toml")
-    sweep.add_argument("--out", default=None, help="where the runs, results.csv, results.md and figures go (default: runs/sweep-<experiment>)")
-    sweep.add_argument("--data-dir", default=None, metavar="D", help="where the dataset is, for every run (overrides the experiment's data_dir)")
-    sweep.add_argument("--jobs", default="1", metavar="J", help="sim runs to run at once, one core each (dist runs always run alone; default: 1)")
+    sweep.add_argument(
+        "--out",
+        default=None,
+        help="where the runs, results.csv, results.md and figures go (default: runs/sweep-<experiment>)",
+    )
+    sweep.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="D",
+        help="where the dataset is, for every run (overrides the experiment's data_dir)",
+    )
+    sweep.add_argument(
+        "--jobs",
+        default="1",
+        metavar="J",
+        help="sim runs to run at once, one core each (dist runs always run alone; default: 1)",
+    )
     plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", default=None, help="where to write the PNGs (default: the first run directory)")
@@ -67,8 +91,10 @@ def run_train(args: argparse.Namespace) -> int:
     out = summary["config"]["out"]
     error = summary["test_error"]
     shown = "n/a" if error is None else f"{error:.4f}"
-    print(f"{summary['status']}: test error {shown} after {summary['updates']} updates "
-          f"({summary['gradients']} gradients, mean staleness {summary['staleness']['mean']:.2f}); run in {out}")
+    print(
+        f"{summary['status']}: test error {shown} after {summary['updates']} updates "
+        f"({summary['gradients']} gradients, mean staleness {summary['staleness']['mean']:.2f}); run in {out}"
+    )
     return 0
 
 

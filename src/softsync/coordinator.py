@@ -133,6 +133,7 @@ class Coordinator:
         if problem:
             self.reject(learner, problem, outcome)
             return outcome
+        assert work is not None  # the checks above refuse a push without a mini-batch
         del self.in_flight[learner]
         result = self.server.push(gradient, timestamp, learner)
         outcome.accepted, outcome.updated = result.accepted, result.updated

@@ -103,7 +103,8 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
         raise ConfigError(f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](tuple(input_shape), num_classes)
+        channels, height, width = input_shape  # a plain tuple, whatever sequence was given
+        return MODELS[name]((channels, height, width), num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

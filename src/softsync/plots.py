@@ -142,7 +142,7 @@ def _test_error_figures(spec: dict, finished: list, out: Path) -> list[Path]:
         metrics = out / "runs" / run.name / METRICS
         records = read_metrics(metrics) if metrics.exists() else []  # a run may diverge before its first epoch end
         diverged = " (diverged)" if row["status"] == "diverged" else ""
-        groups.setdefault(_grouped(spec, run), {})[_legend(run.labels, {spec.get("per")}) + diverged] = records
+        groups.setdefault(_grouped(spec, run), {})[_legend(run.labels, {str(spec.get("per"))}) + diverged] = records
     written = []
     for group, lines in groups.items():
         path, title = _figure_path(spec, group, out)

@@ -108,6 +108,7 @@ class ParameterServer:
         elif self._buffered == 0:
             self._sum = torch.mul(gradient, scale, out=self._accumulator)
         else:
+            assert self._sum is not None  # the buffer holds gradients
             self._sum.add_(gradient, alpha=scale)
         self._buffered += 1
         self._contributors.add(learner)
@@ -145,6 +146,7 @@ class ParameterServer:
         """Apply the buffered gradients as one SGD step (also used to flush a partial buffer)."""
         if self._buffered == 0:
             return
+        assert self._sum is not None  # the buffer holds gradients
         if self._buffered > 1:
             self._sum.div_(self._buffered)
         for group in self.optimizer.param_groups:

@@ -308,7 +308,7 @@ def ended_by_signals() -> Iterator[None]:
         yield
         return
 
-    leaving = []
+    leaving: list[int] = []
 
     def leave(signum, frame):
         if not leaving:  # once: a second signal must not interrupt the clean-up that ends the children

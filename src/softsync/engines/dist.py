@@ -12,6 +12,7 @@ send buffer), so a step copies nothing per parameter. The server reads each lear
 a thread of its own, so a lost learner is noticed at once without disturbing the others, and it
 carries out what the coordinator decides, as the sim engine does: the semantics live there.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,7 +72,9 @@ class DistServer:
         self.config = parts.config
         self.server, self.recorder = parts.server, parts.recorder
         self.timeout = timeout
-        self.coordinator = Coordinator(parts.server, parts.data, self.config.learners, self.end_epoch, self.config.checkpoint_every)
+        self.coordinator = Coordinator(
+            parts.server, parts.data, self.config.learners, self.end_epoch, self.config.checkpoint_every
+        )
         self.checkpointer: Checkpointer | None = None
         learners = self.config.learners
         size = parts.learner.weights.numel()
@@ -110,7 +113,11 @@ class DistServer:
                 try:
                     self.handle(learner)
                 except Exception as error:
-                    self.fail(str(error) if isinstance(error, SoftsyncError) else f"while handling {describe(learner)}: {short(error)}")
+                    self.fail(
+                        str(error)
+                        if isinstance(error, SoftsyncError)
+                        else f"while handling {describe(learner)}: {short(error)}"
+                    )
                     return
                 if learner not in self.coordinator.live:
                     return
@@ -119,7 +126,9 @@ class DistServer:
         """Name the learner at fault when ``learner``'s receive failed."""
         if "Timed out" not in error:
             return f"{describe(learner)} was lost: {error}"
-        if learner in self.coordinator.gate.waiting and self.deadline:  # it was rightly silent: blame the one it waits for
+        if (
+            learner in self.coordinator.gate.waiting and self.deadline
+        ):  # it was rightly silent: blame the one it waits for
             learner = min(self.deadline, key=self.deadline.__getitem__)
         return f"{describe(learner)} sent nothing for {self.timeout:g} s: it is hung or lost"
 
@@ -223,7 +232,9 @@ class DistServer:
     def serve(self) -> str:
         """Run until every learner has been told to stop; returns the run's status."""
         learners = self.config.learners
-        readers = [threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(learners)]
+        readers = [
+            threading.Thread(target=self.read, args=(l,), daemon=True, name=f"read-{l}") for l in range(learners)
+        ]
         for reader in readers:
             reader.start()
         first_deadline = time.monotonic() + self.timeout  # every learner's first pull
@@ -318,7 +329,10 @@ def init(config: TrainConfig, rank: int, world: int) -> None:
         backend = local_gloo(config.host) if os.environ.get(SUPERVISED) else "gloo"
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     except Exception as error:
-        raise RunError(f"rank {rank} could not join the process group at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}") from None
+        raise RunError(
+            f"rank {rank} could not join the process group at "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}"
+        ) from None
 
 
 def meeting_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
@@ -334,8 +348,14 @@ def meeting_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     if listening is None:
         store, _, _ = next(rendezvous("env://", rank, world, timeout=timeout))
         return store
-    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=True,
-                         timeout=timeout, master_listen_fd=int(listening))
+    return dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=True,
+        timeout=timeout,
+        master_listen_fd=int(listening),
+    )
 
 
 def local_gloo(host: str) -> str:
@@ -345,8 +365,9 @@ def local_gloo(host: str) -> str:
     GLOO_SOCKET_IFNAME's), often a public one, and init_process_group takes no gloo options. The
     ranks of a local launch all meet on --host, so they register gloo with a device made for it.
     """
+
     def create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> dist.ProcessGroupGloo:
-        options = dist.ProcessGroupGloo._Options()
+        options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         options._timeout = timeout
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
         return dist.ProcessGroupGloo(store, rank, size, options)

@@ -4,6 +4,7 @@ Locally, this process only supervises: it starts rank 0 (server) and ranks 1..λ
 children, watches them, and when the run ends, fails or is interrupted, makes sure every one of
 them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one rank itself.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,17 +42,19 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     A failing rank prints one line and leaves with os._exit: its reader threads are blocked
     in gloo, and a normal interpreter exit would abort on them.
     """
-    rank = os.environ.get("RANK", "?")
-    out = None
+    rank: int | str = os.environ.get("RANK", "?")  # for the error line, even before it is parsed
+    out: Path | None = None
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != config.learners + 1:
-            raise ConfigError(f"world size {world} needs --learners {world - 1} (one server rank and one rank per learner)")
+            raise ConfigError(
+                f"world size {world} needs --learners {world - 1} (one server rank and one rank per learner)"
+            )
         # every rank loads its data and model before the rendezvous, all at once
         if rank == 0:
             torch.set_num_threads(1)
             if prepared:  # a local launch: the launcher holds the run directory's lock
-                out = Path(config.out)
+                out = Path(str(config.out))
             else:  # torchrun: this rank holds the lock for the life of the process
                 config, out, _lock = open_run_dir(config, checkpoint)
             parts = build_components(config, out)
@@ -65,13 +68,21 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             learner.run()
             dist.destroy_process_group()
             return None
+        assert out is not None  # rank 0 has opened its run directory
         listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
         atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
         server = DistServer(parts, config.timeout, listing)
-        server.checkpointer = Checkpointer(out, config, {
-            "server": parts.server, "data": parts.data, "coordinator": server.coordinator,
-            "engine": server, "recorder": parts.recorder,
-        })
+        server.checkpointer = Checkpointer(
+            out,
+            config,
+            {
+                "server": parts.server,
+                "data": parts.data,
+                "coordinator": server.coordinator,
+                "engine": server,
+                "recorder": parts.recorder,
+            },
+        )
         if checkpoint is not None:
             server.checkpointer.restore(checkpoint)
         status = server.serve()
@@ -132,8 +143,10 @@ def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
         if alone_since is None and all(learner.poll() is not None for learner in learners):
             alone_since = time.monotonic()
         if alone_since is not None and time.monotonic() - alone_since > timeout:
-            raise RunError(f"the server (rank 0) is hung: it was still running {timeout:g} s (--timeout) after its "
-                            "last learner exited; every process of the run was ended")
+            raise RunError(
+                f"the server (rank 0) is hung: it was still running {timeout:g} s (--timeout) after its "
+                "last learner exited; every process of the run was ended"
+            )
     if code != 0:
         error = RunError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
@@ -208,8 +221,12 @@ def start_rank(rank: int, environment: dict, threads: int, store: socket.socket 
     inherited = () if store is None else (store.fileno(),)
     if store is not None:
         environment[STORE_FD] = str(store.fileno())
-    return subprocess.Popen([sys.executable, "-m", "softsync.engines.launch"], env=environment, pass_fds=inherited,
-                            preexec_fn=ignore_interrupts)
+    return subprocess.Popen(
+        [sys.executable, "-m", "softsync.engines.launch"],
+        env=environment,
+        pass_fds=inherited,
+        preexec_fn=ignore_interrupts,
+    )
 
 
 def ignore_interrupts() -> None:
@@ -250,7 +267,7 @@ def worker_main() -> int:
     die_with_parent()
     try:
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
-        checkpoint = load_checkpoint(config.out) if config.resume and os.environ.get("RANK") == "0" else None
+        checkpoint = load_checkpoint(str(config.out)) if config.resume and os.environ.get("RANK") == "0" else None
     except UserError as error:
         print(f"softsync: error: {error}", file=sys.stderr)
         return 2
