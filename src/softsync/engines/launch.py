@@ -131,7 +131,8 @@ def supervise(processes: list[subprocess.Popen], timeout: float, out: Path) -> N
         if alone_since is None and all(learner.poll() is not None for learner in learners):
             alone_since, cpu_then = time.monotonic(), cpu_seconds(server.pid)
         if alone_since is not None and time.monotonic() - alone_since > timeout:
-            busy = cpu_then is not None and cpu_seconds(server.pid) - cpu_then >= 0.1 * timeout
+            cpu_now = cpu_seconds(server.pid)
+            busy = None not in (cpu_then, cpu_now) and cpu_now - cpu_then >= 0.1 * timeout
             raise DistError(outlived_learners(busy, (out / PROCESSES).exists(), timeout))
     if code != 0:
         error = DistError(f"the run failed: the server (rank 0) exited with code {code}")
