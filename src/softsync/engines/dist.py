@@ -41,6 +41,16 @@ PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
 LOSS_SLOT = 7
 
 
+class JoinTimeout(RunError):
+    """A rank gave up waiting for the others to join: some rank started more slowly than --timeout allows."""
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether a torch.distributed or gloo error is a timeout (their texts are all we have)."""
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
+
+
 def describe(learner: int) -> str:
     return f"learner {learner} (rank {learner + 1})"
 
@@ -59,6 +69,14 @@ def short(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     text = text.split("] ", 1)[-1] if text.startswith("[") else text
     return text.split(" This is typically caused by", 1)[0].rstrip(". ")
+
+
+def epoch_end_too_long(epoch: int, pause: float, timeout: float) -> str:
+    return (
+        f"the end of epoch {epoch + 1} (evaluating the test set, writing the checkpoint) took {pause:.1f} s, "
+        f"longer than a learner waits for the server (2 × --timeout = {2 * timeout:g} s): "
+        "use a larger --timeout"
+    )
 
 
 class DistServer:
@@ -104,7 +122,7 @@ class DistServer:
                 dist.recv(buffer, src=learner + 1)
             except Exception as error:  # gloo raises RuntimeError for closed or timed-out pairs
                 with self.lock:
-                    if learner in self.coordinator.live:  # else: a stopped learner closing its connection
+                    if learner in self.coordinator.live and self.failure is None:  # else: stopped, or a consequence
                         self.lose(learner, self.diagnose(learner, short(error)))
                 return
             with self.lock:
@@ -217,6 +235,8 @@ class DistServer:
         paused = time.monotonic()
         test_loss = self.recorder.epoch_end(epoch, train_loss, self.server)
         pause = time.monotonic() - paused
+        if pause >= 2 * self.timeout:  # gloo's timeout: the learner that ended the epoch has given up
+            raise RunError(epoch_end_too_long(epoch, pause, self.timeout))
         for learner in self.deadline:  # evaluation paused the server, not the learners' duty to answer
             self.deadline[learner] += pause
         return test_loss
@@ -308,6 +328,12 @@ class DistLearner:
             else:
                 dist.recv(self.inbox, src=0)
         except RuntimeError as error:
+            if timed_out(error):
+                raise ServerLost(
+                    f"learner {self.learner_id} waited {2 * self.config.timeout:g} s (2 × --timeout) for "
+                    "the server in vain: it is hung, or busy for longer than that (evaluating the test "
+                    "set, writing a checkpoint); if it is busy, use a larger --timeout"
+                ) from None
             raise ServerLost(f"learner {self.learner_id} lost the server: {short(error)}") from None
 
 
@@ -329,10 +355,14 @@ def init(config: TrainConfig, rank: int, world: int) -> None:
         backend = local_gloo(config.host) if os.environ.get(SUPERVISED) else "gloo"
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     except Exception as error:
-        raise RunError(
-            f"rank {rank} could not join the process group at "
-            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {short(error)}"
-        ) from None
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        if timed_out(error):
+            raise JoinTimeout(
+                f"rank {rank} could not join the process group at {where} within "
+                f"{2 * config.timeout:g} s (2 × --timeout): start-up (importing torch, loading the "
+                "data, building the model) took some rank longer; use a larger --timeout"
+            ) from None
+        raise RunError(f"rank {rank} could not join the process group at {where}: {short(error)}") from None
 
 
 def meeting_store(rank: int, world: int, timeout: timedelta) -> dist.Store:

@@ -27,7 +27,7 @@ from ..checkpoint import Checkpointer, load_checkpoint
 from ..config import TrainConfig, make_config
 from ..errors import ConfigError, RunError, ServerLost, UserError
 from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
-from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, init, short
+from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, JoinTimeout, init, short
 
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
 
@@ -100,7 +100,9 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             print(f"softsync: error: {error}", file=sys.stderr)
         else:
             code = 1
-            if not (isinstance(error, ServerLost) and os.environ.get(SUPERVISED)):
+            # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
+            consequence = isinstance(error, (ServerLost, JoinTimeout)) and rank != 0 and os.environ.get(SUPERVISED)
+            if not consequence:
                 print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -125,12 +127,12 @@ def store_socket(host: str) -> socket.socket:
 POLL_S = 0.1  # how often the supervisor looks at its children
 
 
-def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
+def supervise(processes: list[subprocess.Popen], timeout: float, out: Path) -> None:
     """Wait for the server to finish; raise RunError if it fails or hangs.
 
     Learners may die: the server notices, goes on without them and counts them in
     learner_failures. Rank 0 prints the cause of a failure (exit codes 1 and 2); only a server
-    killed by a signal, or hung, is reported here.
+    killed by a signal, or outliving its learners, is reported here.
 
     Every wait is bounded. A learner gives up on a silent server after gloo's timeout (2 ×
     ``timeout``); once every learner has exited, the server needs no one to write its summary or
@@ -139,14 +141,14 @@ def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
     """
     server, learners = processes[0], processes[1:]
     alone_since: float | None = None  # when the server was first seen without a learner
+    cpu_then = None
     while (code := exit_code_within(server, POLL_S)) is None:
         if alone_since is None and all(learner.poll() is not None for learner in learners):
-            alone_since = time.monotonic()
+            alone_since, cpu_then = time.monotonic(), cpu_seconds(server.pid)
         if alone_since is not None and time.monotonic() - alone_since > timeout:
-            raise RunError(
-                f"the server (rank 0) is hung: it was still running {timeout:g} s (--timeout) after its "
-                "last learner exited; every process of the run was ended"
-            )
+            cpu_now = cpu_seconds(server.pid)
+            busy = cpu_then is not None and cpu_now is not None and cpu_now - cpu_then >= 0.1 * timeout
+            raise RunError(outlived_learners(busy, (out / PROCESSES).exists(), timeout))
     if code != 0:
         error = RunError(f"the run failed: the server (rank 0) exited with code {code}")
         error.exit_code = 2 if code == 2 else 1
@@ -156,6 +158,33 @@ def supervise(processes: list[subprocess.Popen], timeout: float) -> None:
     for learner in learners:  # stopped learners exit at once; end_all ends any other
         if exit_code_within(learner, max(0.1, deadline - time.monotonic())) is None:
             return
+
+
+def outlived_learners(busy: bool, joined: bool, timeout: float) -> str:
+    """What a server still running ``timeout`` s after its last learner exited was doing, in one line.
+
+    A server that used no CPU in that time is hung. One that did was busy for longer than its
+    learners wait for it (gloo's 2 × ``timeout``): starting, or at an epoch end.
+    """
+    if not busy:
+        return (
+            f"the server (rank 0) is hung: it made no progress in the {timeout:g} s (--timeout) after its last "
+            "learner exited; every process of the run was ended"
+        )
+    doing = "an epoch end (evaluation, checkpoint)" if joined else "start-up (loading the data, building the model)"
+    return (
+        f"--timeout {timeout:g} is too short for this run: the learners gave up after waiting 2 × --timeout for "
+        f"the server (rank 0), which was still busy with {doing}; use a larger --timeout"
+    )
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time a process has used so far, from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
 
 
 def exit_code_within(process: subprocess.Popen, seconds: float) -> int | None:
@@ -197,6 +226,10 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         "WORLD_SIZE": str(world),
         WORKER_CONFIG: json.dumps(config.resolved()),
         SUPERVISED: "1",
+        # torch's C++ side logs the store's retries and timeouts with their stack frames; the ranks report
+        # each failure in one line (set these yourself to see torch's logs)
+        "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "FATAL"),
+        "TORCH_SHOW_CPP_STACKTRACES": os.environ.get("TORCH_SHOW_CPP_STACKTRACES", "0"),
     }
     processes: list[subprocess.Popen] = []
     restore = exit_on_termination()
@@ -205,7 +238,7 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         listening.close()  # rank 0 holds it now
         for rank in range(1, world):
             processes.append(start_rank(rank, environment, threads=config.threads_per_learner))
-        supervise(processes, config.timeout)
+        supervise(processes, config.timeout, out)
     finally:
         listening.close()
         end_all(processes)
