@@ -330,11 +330,13 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
-def test_divergence_under_dist_stops_every_learner(tmp_path):
+def test_divergence_under_dist_stops_every_learner(tmp_path, capfd):
     summary = train(
         protocol="hardsync", learners=2, epochs=3, lr=1e6, lr_policy="constant", out=str(tmp_path / "run"), **SMALL
     )
     assert summary["status"] == "diverged"
+    # every learner was told to stop and exited by itself: the launcher did not have to end one
+    assert "did not stop" not in capfd.readouterr().err
 
 
 def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):

@@ -155,8 +155,14 @@ def supervise(processes: list[subprocess.Popen], timeout: float, out: Path) -> N
         error.reported = code in (1, 2)
         raise error
     deadline = time.monotonic() + timeout
-    for learner in learners:  # stopped learners exit at once; end_all ends any other
+    for rank, learner in enumerate(learners, start=1):  # stopped learners exit at once; end_all ends any other
         if exit_code_within(learner, max(0.1, deadline - time.monotonic())) is None:
+            print(
+                f"softsync: warning: learner rank {rank} did not stop within --timeout after the server finished; "
+                "ending it",
+                file=sys.stderr,
+                flush=True,
+            )
             return
 
 
