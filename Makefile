@@ -33,9 +33,9 @@ run: setup
 test: setup
 	$(PYTHON) -m pytest tests
 
-# the quick loop: everything but the tests marked slow
+# the quick loop: everything but the tests that start real dist processes or are marked slow
 test-quick: setup
-	$(PYTHON) -m pytest tests -m "not slow"
+	$(PYTHON) -m pytest tests -m "not slow and not dist"
 
 # ruff (lint and format, line length 120) and mypy over src/, configured in pyproject.toml; CI runs it first
 lint: setup

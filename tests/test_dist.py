@@ -20,6 +20,8 @@ from softsync.engines.launch import free_port
 
 from helpers import final_weights
 
+pytestmark = pytest.mark.dist  # real processes: `make test-quick` leaves them out
+
 BIN = Path(sys.executable).parent
 SMALL = dict(engine="dist", dataset="synthetic", model="mlp", batch_size=16, quiet=True, timeout=60)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
