@@ -162,30 +162,31 @@ def test_a_learner_count_the_engine_cannot_hold_is_refused(tmp_path, capsys):
     assert make_config(learners=1024, protocol="async").learners == 1024
 
 
-def test_a_local_dist_launch_is_limited_to_the_processes_the_host_can_start(monkeypatch):
-    """Issue 9 item 6: a local launch starts λ+1 processes; refuse more than the host allows, saying how many."""
+def test_a_local_dist_launch_is_limited_to_the_processes_the_host_can_start(monkeypatch, capsys, tmp_path):
+    """Issue 9 item 6: a local launch starts λ+1 processes; refuse more than the host allows, saying how many.
+
+    It is the launch's limit, not the config's: under torchrun the ranks are spread over the nodes."""
     import resource
 
-    from softsync import config
+    from softsync.engines import launch
 
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(config, "available_memory", lambda: 10**15)
+    monkeypatch.setattr(launch, "available_memory", lambda: 10**15)
     with pytest.raises(ConfigError, match="1024 processes") as error:
-        make_config(engine="dist", learners=1024, protocol="async")
+        launch.require_local_processes(1024)
     assert "--learners 1023" in str(error.value)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (8, 8) if which == resource.RLIMIT_NPROC else (-1, -1))
     with pytest.raises(ConfigError, match="ulimit -u") as error:
-        make_config(engine="dist", learners=8, protocol="async")
+        launch.require_local_processes(8)
     assert "--learners 7" in str(error.value)
-    assert make_config(engine="dist", learners=7, protocol="async").learners == 7
-    monkeypatch.setattr(config, "available_memory", lambda: 5 * 10**8)  # 500 MB: a few ranks of torch
+    launch.require_local_processes(7)
+    monkeypatch.setattr(launch, "available_memory", lambda: 5 * 10**8)  # 500 MB: a few ranks of torch
     with pytest.raises(ConfigError, match="memory"):
-        make_config(engine="dist", learners=7, protocol="async")
-    assert make_config(engine="sim", learners=7, protocol="async").learners == 7  # one process
-    monkeypatch.setenv("RANK", "0")  # under torchrun the ranks are spread over the nodes
-    monkeypatch.setenv("WORLD_SIZE", "9")
-    assert make_config(engine="dist", learners=8, protocol="async").learners == 8
+        launch.require_local_processes(7)
+    # through the command: one line, nothing started, no run directory
+    out = tmp_path / "run"
+    line = fails_with_one_line(["train", "--engine", "dist", "--learners", "7", *SMALL, "--out", str(out)], capsys)
+    assert "a local dist launch starts" in line and not out.exists()
+    assert make_config(engine="dist", learners=7, protocol="async").learners == 7  # a valid config for torchrun
 
 
 @pytest.mark.parametrize(

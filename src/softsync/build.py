@@ -10,7 +10,9 @@ from pathlib import Path
 
 from torch import nn
 
+from .checkpoint import Checkpointer, Stateful
 from .config import TrainConfig
+from .coordinator import Coordinator, EndEpoch
 from .data import DataServer
 from .datasets import Dataset, load_dataset
 from .errors import ConfigError
@@ -46,11 +48,27 @@ class Components:
     """The server side of a run, before an engine drives it."""
 
     config: TrainConfig
+    out: Path
     dataset: Dataset
     learner: Learner  # its weights are the server's weights: evaluation (and the sim's learners) use them
     server: ParameterServer
     data: DataServer
     recorder: Recorder
+
+    def coordinator(self, end_epoch: EndEpoch) -> Coordinator:
+        """The run's coordinator; ``end_epoch`` is the engine's (it evaluates and records)."""
+        return Coordinator(self.server, self.data, self.config.learners, end_epoch, self.config.checkpoint_every)
+
+    def checkpointer(self, coordinator: Coordinator, engine: Stateful) -> Checkpointer:
+        """The run's checkpoint: these components, the engine's coordinator and the engine's own state."""
+        parts: dict[str, Stateful] = {
+            "server": self.server,
+            "data": self.data,
+            "coordinator": coordinator,
+            "engine": engine,
+            "recorder": self.recorder,
+        }
+        return Checkpointer(self.out, self.config, parts)
 
 
 def build_components(
@@ -79,4 +97,4 @@ def build_components(
     recorder = Recorder(
         out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet
     )
-    return Components(config, dataset, learner, server, data, recorder)
+    return Components(config, out, dataset, learner, server, data, recorder)

@@ -96,7 +96,7 @@ class Checkpointer:
             raise RunDirError(f"{where}: {CHECKPOINT} is damaged: its server state holds no weights")
         if weights.shape != model.shape:
             raise ConfigError(f"{where}: its checkpoint holds {weights.numel()} weights, the model {model.numel()}")
-        for name in PARTS:  # in this order: the engine's load may use the coordinator's
+        for name in PARTS:
             part = self.parts[name]
             try:
                 part.load_state_dict(checkpoint[name])

@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     """The `softsync` command; a Ctrl-C at any moment ends it with one line and exit 130."""
     try:
         return run_command(argv)
-    except KeyboardInterrupt:
-        print("softsync: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        return report(interrupt)
 
 
 def run_command(argv: list[str] | None) -> int:
@@ -134,9 +133,9 @@ def run_command(argv: list[str] | None) -> int:
         if args.command == "plot":
             return run_plot(args)
         return run_sweep(args)
-    except (SoftsyncError, KeyboardInterrupt) as error:
+    except SoftsyncError as error:
         return report(error)
-    except SystemExit as stop:  # SIGTERM or SIGHUP (engines.launch.exit_on_termination)
+    except SystemExit as stop:  # SIGTERM or SIGHUP (processes.ended_by_signals)
         print("softsync: interrupted", file=sys.stderr)
         return stop.code if isinstance(stop.code, int) else 1
 

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import re
-import resource
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -48,11 +47,6 @@ INT64_MAX = 2**63 - 1
 # model (mlp on CIFAR-10, 395K weights) holds 3.2 GB of them, cnn-small 0.2 GB; the paper's largest
 # λ is 30. The parameter server keeps per-learner state under either engine.
 MAX_LEARNERS = 1024
-# A local dist launch starts λ+1 processes on this host: at most this many, at most `ulimit -u`,
-# and at most what the available memory holds at RANK_MEMORY each (a rank holds 115-150 MB of its
-# own once torch is imported, measured on logreg; 100 MB is a floor, so no launch that fits is refused).
-MAX_LOCAL_PROCESSES = 1024
-RANK_MEMORY = 100 * 2**20
 MAX_SYNTHETIC_SIZE = 1_000_000  # 64 float32 pixels a sample: 320 MB with its test quarter
 MAX_THREADS_PER_LEARNER = 256  # OMP_NUM_THREADS and torch.set_num_threads of every learner rank
 # a learner of speed s computes 1/s as slowly; under dist a straggler sleeps (fastest/s - 1) × its
@@ -280,8 +274,6 @@ def validate(config: TrainConfig) -> None:
         config.learners <= MAX_LEARNERS,
         f"--learners {config.learners}: at most {MAX_LEARNERS} learners (each holds a gradient in flight)",
     )
-    if config.engine == "dist" and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):  # not under torchrun
-        _require_local_processes(config.learners)
     require(config.batch_size >= 1, f"--batch-size {config.batch_size}: need at least 1 sample per mini-batch")
     try:
         config.parsed_protocol()
@@ -331,44 +323,6 @@ def validate(config: TrainConfig) -> None:
             f"--learner-speeds {','.join(map(str, config.learner_speeds))}: each speed must be in "
             f"[{MIN_SPEED:g}, {MAX_SPEED:g}] and the fastest at most {MAX_SPEED_RATIO:g} times the slowest",
         )
-
-
-def _require_local_processes(learners: int) -> None:
-    """A local dist launch starts λ+1 processes here: refuse more than this host allows, saying how many it does."""
-    allowed, reason = local_process_limit()
-    if learners + 1 <= allowed:
-        return
-    use = f"use at most --learners {allowed - 1}" if allowed >= 2 else "it cannot start a server and a learner"
-    raise ConfigError(
-        f"--learners {learners}: a local dist launch starts λ+1 = {learners + 1} processes, "
-        f"this host allows {allowed} ({reason}): {use}, or spread the run over nodes with torchrun"
-    )
-
-
-def local_process_limit() -> tuple[int, str]:
-    """How many processes a local dist launch may start on this host, and which limit says so."""
-    limits = [(MAX_LOCAL_PROCESSES, f"at most {MAX_LOCAL_PROCESSES} processes")]
-    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-    if soft != resource.RLIM_INFINITY and soft >= 0:
-        limits.append((soft, f"ulimit -u is {soft}"))
-    memory = available_memory()
-    if memory is not None:
-        ranks = memory // RANK_MEMORY
-        held = f"{memory / 2**30:.1f} GB of available memory holds {ranks} ranks of {RANK_MEMORY // 2**20} MB"
-        limits.append((ranks, held))
-    return min(limits)
-
-
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes; None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _interval(low: float, high: float, closed: tuple[bool, bool]) -> str:

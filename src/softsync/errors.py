@@ -43,13 +43,17 @@ class ServerLost(RunError):
     """A learner lost its connection to the server: a consequence, which the server or the launcher reports."""
 
 
-def report(error: BaseException) -> int:
-    """Print ``error`` as `softsync: error: ...` (unless a rank already did) and return its exit code."""
+def report(error: BaseException, where: str = "") -> int:
+    """Print ``error`` as `softsync: error: [where: ]...` (unless a rank already did); return its exit code.
+
+    ``where`` names the process for a failure that is not bad input (e.g. "rank 2").
+    """
     if isinstance(error, KeyboardInterrupt):
         print("softsync: interrupted", file=sys.stderr)
         return 130
     if isinstance(error, SoftsyncError):
         if not error.reported:
-            print(f"softsync: error: {error}", file=sys.stderr)
+            prefix = f"{where}: " if where and not isinstance(error, UserError) else ""
+            print(f"softsync: error: {prefix}{error}", file=sys.stderr)
         return error.exit_code
     raise error

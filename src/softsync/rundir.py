@@ -78,22 +78,11 @@ def run_progress(run_dir: str | Path) -> str:
     return "resumable" if (run / CHECKPOINT).exists() else "stale"
 
 
-def discard_stale_run(run_dir: str | Path) -> None:
-    """Remove what a run stopped before its first checkpoint wrote, so it can start again in place:
-    nothing trained is lost, and files that softsync did not write stay."""
-    run = Path(run_dir)
-    with RunLock(run):  # refuses a run that is still going
-        if run_progress(run) != "stale":
-            raise RunDirError(f"{str(run_dir)!r} holds a checkpoint or a finished run: refusing to remove it")
-        for name in STALE_FILES:
-            (run / name).unlink(missing_ok=True)
-
-
 def create_run_dir(path: str | Path, config: Any) -> tuple[Path, RunLock]:
     """A run directory for a new run, locked, holding config.json.
 
     A directory that holds a run is refused; one holding a run that stopped before its first checkpoint
-    (nothing to resume) is started again in place.
+    (nothing to resume) is started again in place: the files softsync wrote go, files it did not write stay.
     """
     out = Path(path)
     try:

@@ -29,27 +29,23 @@ that run again).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import ctypes
-import ctypes.util
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, coerce, make_config, read_toml
 from .plots import FIGURES, plot_experiment
+from .processes import dying_with_parent, end_processes, ended_by_signals
 from .protocol import parse_protocol
-from .rundir import CONFIG, METRICS, SUMMARY, discard_stale_run, read_metrics, run_progress
+from .rundir import CONFIG, METRICS, SUMMARY, read_metrics, run_progress
 from .staleness import StalenessStats
 
 FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
@@ -231,28 +227,6 @@ def run_state(run_dir: Path, options: dict) -> str:
     return run_progress(run_dir)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_sweep() -> Callable[[], None] | None:
-    """A ``preexec_fn`` after which the child gets SIGKILL when the thread that started it ends (Linux).
-
-    prctl is looked up here, in the sweep: between fork and exec the child only calls it.
-    """
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: SIGTERM, SIGHUP and Ctrl-C still end the children
-        return None
-    sweep_pid = os.getpid()
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != sweep_pid:  # the sweep died between fork and prctl: nothing will signal us
-            os._exit(1)
-
-    return arm
-
-
 class Children:
     """The sweep's running ``softsync train`` processes, so that a sweep that is stopped ends them all."""
 
@@ -270,7 +244,7 @@ class Children:
             # thread (a ThreadPoolExecutor worker, or the main thread for dist runs) is this one, and it
             # waits below until the child has exited: it outlives the child, so the signal only comes when
             # the whole sweep dies.
-            process = subprocess.Popen(argv, preexec_fn=die_with_sweep(), **popen)
+            process = subprocess.Popen(argv, preexec_fn=dying_with_parent(), **popen)
             self._running.add(process)
         code = process.wait()  # a signal interrupting it (main thread) leaves the child listed for end_all
         with self._lock:
@@ -282,16 +256,7 @@ class Children:
         with self._lock:
             self.stopping = True
             running = list(self._running)
-        for process in running:
-            if process.poll() is None:
-                process.terminate()  # a dist run ends its own ranks on SIGTERM
-        deadline = time.monotonic() + grace
-        for process in running:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=grace)
+        end_processes(running, grace)  # a dist run ends its own ranks on SIGTERM
 
     def __enter__(self) -> Children:
         return self
@@ -299,28 +264,6 @@ class Children:
     def __exit__(self, kind, error, trace) -> None:
         if error is not None:  # interrupted or failed: no run may outlive the sweep
             self.end_all()
-
-
-@contextlib.contextmanager
-def ended_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the sweep through its clean-up path (SystemExit), as Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        yield
-        return
-
-    leaving: list[int] = []
-
-    def leave(signum, frame):
-        if not leaving:  # once: a second signal must not interrupt the clean-up that ends the children
-            leaving.append(signum)
-            raise SystemExit(128 + signum)
-
-    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def execute(run: SweepRun, out: Path, children: Children) -> str | None:
@@ -331,8 +274,6 @@ def execute(run: SweepRun, out: Path, children: Children) -> str | None:
     state = run_state(run_dir, run.options)
     if state == "finished":
         return "skipped"
-    if state == "stale":
-        discard_stale_run(run_dir)
     if state == "resumable":
         flags = ["--resume", str(run_dir), "--epochs", str(run.options.get("epochs", FIELDS["epochs"].default))]
     else:

@@ -31,7 +31,7 @@ from torch.distributed.rendezvous import rendezvous
 from ..build import Components, load_data, make_model
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
-from ..coordinator import Coordinator, Outcome, Work
+from ..coordinator import Outcome, Work
 from ..errors import RunError, ServerLost, SoftsyncError
 from ..learner import Learner
 from ..models import count_parameters
@@ -90,9 +90,7 @@ class DistServer:
         self.config = parts.config
         self.server, self.recorder = parts.server, parts.recorder
         self.timeout = timeout
-        self.coordinator = Coordinator(
-            parts.server, parts.data, self.config.learners, self.end_epoch, self.config.checkpoint_every
-        )
+        self.coordinator = parts.coordinator(self.end_epoch)
         self.checkpointer: Checkpointer | None = None
         learners = self.config.learners
         size = parts.learner.weights.numel()
@@ -144,10 +142,8 @@ class DistServer:
         """Name the learner at fault when ``learner``'s receive failed."""
         if "Timed out" not in error:
             return f"{describe(learner)} was lost: {error}"
-        if (
-            learner in self.coordinator.gate.waiting and self.deadline
-        ):  # it was rightly silent: blame the one it waits for
-            learner = min(self.deadline, key=self.deadline.__getitem__)
+        if learner in self.coordinator.gate.waiting and self.deadline:
+            learner = min(self.deadline, key=self.deadline.__getitem__)  # it waited rightly: blame the one it awaits
         return f"{describe(learner)} sent nothing for {self.timeout:g} s: it is hung or lost"
 
     def lose(self, learner: int, reason: str) -> None:
@@ -246,7 +242,7 @@ class DistServer:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.coordinator.restart_learners()
+        pass
 
     # -- the server loop ---------------------------------------------------------------------
     def serve(self) -> str:

@@ -7,15 +7,12 @@ them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one ra
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
-import signal
+import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,9 +20,10 @@ import torch
 import torch.distributed as dist
 
 from ..build import batches_per_epoch, build_components, load_data
-from ..checkpoint import Checkpointer, load_checkpoint
+from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, make_config
-from ..errors import ConfigError, RunError, ServerLost, UserError
+from ..errors import ConfigError, RunError, ServerLost, SoftsyncError, UserError, report
+from ..processes import dying_with_parent, end_processes, ended_by_signals, exit_code_within
 from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
 from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, JoinTimeout, init, short
 
@@ -72,19 +70,10 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         listing = [{"rank": r, "role": "server" if r == 0 else "learner", **p} for r, p in enumerate(processes)]
         atomic_write_bytes(out / PROCESSES, lambda handle: handle.write(json.dumps(listing, indent=1).encode()))
         server = DistServer(parts, config.timeout, listing)
-        server.checkpointer = Checkpointer(
-            out,
-            config,
-            {
-                "server": parts.server,
-                "data": parts.data,
-                "coordinator": server.coordinator,
-                "engine": server,
-                "recorder": parts.recorder,
-            },
-        )
+        server.checkpointer = parts.checkpointer(server.coordinator, server)
         if checkpoint is not None:
             server.checkpointer.restore(checkpoint)
+            server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
         status = server.serve()
         summary = parts.recorder.finish(parts.server, status, server.coordinator.learner_failures)
         (out / PROCESSES).unlink(missing_ok=True)
@@ -93,17 +82,14 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
+        # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
+        consequence = isinstance(error, (ServerLost, JoinTimeout)) and rank != 0 and os.environ.get(SUPERVISED)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             code = 130
-        elif isinstance(error, UserError):
-            code = 2
-            print(f"softsync: error: {error}", file=sys.stderr)
-        else:
+        elif consequence:
             code = 1
-            # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
-            consequence = isinstance(error, (ServerLost, JoinTimeout)) and rank != 0 and os.environ.get(SUPERVISED)
-            if not consequence:
-                print(f"softsync: error: rank {rank}: {short(error)}", file=sys.stderr)
+        else:
+            code = report(error if isinstance(error, SoftsyncError) else RunError(short(error)), f"rank {rank}")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -155,7 +141,7 @@ def supervise(processes: list[subprocess.Popen], timeout: float, out: Path) -> N
         error.reported = code in (1, 2)
         raise error
     deadline = time.monotonic() + timeout
-    for rank, learner in enumerate(learners, start=1):  # stopped learners exit at once; end_all ends any other
+    for rank, learner in enumerate(learners, start=1):  # stopped learners exit at once; end_processes ends any other
         if exit_code_within(learner, max(0.1, deadline - time.monotonic())) is None:
             print(
                 f"softsync: warning: learner rank {rank} did not stop within --timeout after the server finished; "
@@ -193,34 +179,57 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
 
 
-def exit_code_within(process: subprocess.Popen, seconds: float) -> int | None:
-    """The process's exit code, or None if it is still running after ``seconds``."""
+# A local dist launch starts λ+1 processes on this host: at most this many, at most `ulimit -u`,
+# and at most what the available memory holds at RANK_MEMORY each (a rank holds 115-150 MB of its
+# own once torch is imported, measured on logreg; 100 MB is a floor, so no launch that fits is refused).
+MAX_LOCAL_PROCESSES = 1024
+RANK_MEMORY = 100 * 2**20
+
+
+def require_local_processes(learners: int) -> None:
+    """A local dist launch starts λ+1 processes here: refuse more than this host allows, saying how many it does."""
+    allowed, reason = local_process_limit()
+    if learners + 1 <= allowed:
+        return
+    use = f"use at most --learners {allowed - 1}" if allowed >= 2 else "it cannot start a server and a learner"
+    raise ConfigError(
+        f"--learners {learners}: a local dist launch starts λ+1 = {learners + 1} processes, "
+        f"this host allows {allowed} ({reason}): {use}, or spread the run over nodes with torchrun"
+    )
+
+
+def local_process_limit() -> tuple[int, str]:
+    """How many processes a local dist launch may start on this host, and which limit says so."""
+    limits = [(MAX_LOCAL_PROCESSES, f"at most {MAX_LOCAL_PROCESSES} processes")]
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if soft != resource.RLIM_INFINITY and soft >= 0:
+        limits.append((soft, f"ulimit -u is {soft}"))
+    memory = available_memory()
+    if memory is not None:
+        ranks = memory // RANK_MEMORY
+        held = f"{memory / 2**30:.1f} GB of available memory holds {ranks} ranks of {RANK_MEMORY // 2**20} MB"
+        limits.append((ranks, held))
+    return min(limits)
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where there is no such file."""
     try:
-        return process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
-
-
-def end_all(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
-    """Make sure every child has exited: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            process.send_signal(signal.SIGCONT)  # a stopped process only acts on SIGTERM once continued
-    deadline = time.monotonic() + grace
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return None
 
 
 def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    # bad data or batch size: exit 2 before any process starts or the run directory exists
+    # too many learners, bad data or batch size: exit 2 before any process starts or the run directory exists
+    require_local_processes(config.learners)
     batches_per_epoch(config, len(load_data(config).train_y))
     config, out, lock = open_run_dir(config, checkpoint)
     world = config.learners + 1
@@ -238,17 +247,16 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         "TORCH_SHOW_CPP_STACKTRACES": os.environ.get("TORCH_SHOW_CPP_STACKTRACES", "0"),
     }
     processes: list[subprocess.Popen] = []
-    restore = exit_on_termination()
     try:
-        processes.append(start_rank(0, environment, threads=1, store=listening))
-        listening.close()  # rank 0 holds it now
-        for rank in range(1, world):
-            processes.append(start_rank(rank, environment, threads=config.threads_per_learner))
-        supervise(processes, config.timeout, out)
+        with ended_by_signals():
+            processes.append(start_rank(0, environment, threads=1, store=listening))
+            listening.close()  # rank 0 holds it now
+            for rank in range(1, world):
+                processes.append(start_rank(rank, environment, threads=config.threads_per_learner))
+            supervise(processes, config.timeout, out)
     finally:
         listening.close()
-        end_all(processes)
-        restore()
+        end_processes(processes, grace=5.0)
         (out / PROCESSES).unlink(missing_ok=True)  # a rank stopped by a signal could not remove it
         lock.release()
     return json.loads((out / SUMMARY).read_text())
@@ -264,52 +272,18 @@ def start_rank(rank: int, environment: dict, threads: int, store: socket.socket 
         [sys.executable, "-m", "softsync.engines.launch"],
         env=environment,
         pass_fds=inherited,
-        preexec_fn=ignore_interrupts,
+        # the launcher alone answers Ctrl-C (with one line) and ends the ranks; no rank outlives it
+        preexec_fn=dying_with_parent(ignore_interrupts=True),
     )
-
-
-def ignore_interrupts() -> None:
-    """In a rank, between fork and exec: ignore SIGINT, which a terminal's Ctrl-C sends to the whole group.
-
-    The launcher alone answers Ctrl-C, with one line, and ends the ranks. An ignored SIGINT stays
-    ignored across exec and Python then installs no KeyboardInterrupt handler, so a rank stays
-    silent even while it imports torch or loads its data.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def exit_on_termination():
-    """SIGTERM and SIGHUP end the supervisor through its clean-up path; returns the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def leave(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
-
-
-def die_with_parent() -> None:
-    """A locally launched rank must not outlive its supervisor (Linux: PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the supervisor was already gone before prctl
-        os._exit(1)
 
 
 def worker_main() -> int:
     """Entry of a locally launched rank (`python -m softsync.engines.launch`)."""
-    die_with_parent()
     try:
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
         checkpoint = load_checkpoint(str(config.out)) if config.resume and os.environ.get("RANK") == "0" else None
     except UserError as error:
-        print(f"softsync: error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     run_rank(config, checkpoint, prepared=True)
     return 0
 

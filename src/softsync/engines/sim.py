@@ -23,7 +23,7 @@ from torch import nn
 from ..build import Components, batches_per_epoch, build_components, load_data
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
-from ..coordinator import Coordinator, Outcome, Work
+from ..coordinator import Outcome, Work
 from ..datasets import Dataset
 from ..rundir import open_run_dir
 
@@ -81,13 +81,10 @@ class SimEngine:
     """Runs the learner loop on the coordinator in virtual time."""
 
     def __init__(self, parts: Components, times: StepTimeModel) -> None:
-        config = parts.config
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
         self.train_x, self.train_y = parts.dataset.train_x, parts.dataset.train_y
         self.times = times
-        self.coordinator = Coordinator(
-            parts.server, parts.data, config.learners, self.end_epoch, config.checkpoint_every
-        )
+        self.coordinator = parts.coordinator(self.end_epoch)
         self.checkpointer: Checkpointer | None = None
         self.now = 0.0
         self.link_free = 0.0  # when the server's link finishes its queued transfers
@@ -177,17 +174,7 @@ def run_sim(
     with lock:
         parts = build_components(config, out, module, dataset)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
-        checkpointer = Checkpointer(
-            out,
-            config,
-            {
-                "server": parts.server,
-                "data": parts.data,
-                "coordinator": engine.coordinator,
-                "engine": engine,
-                "recorder": parts.recorder,
-            },
-        )
+        checkpointer = parts.checkpointer(engine.coordinator, engine)
         if checkpoint is not None:
             checkpointer.restore(checkpoint)
         engine.checkpointer = checkpointer
