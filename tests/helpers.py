@@ -30,6 +30,11 @@ def fails_with_one_line(argv: list[str], capture) -> str:
     return lines[0]
 
 
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory, to compare before and after (the lock file is only ever created)."""
+    return {path.name: path.read_bytes() for path in Path(run_dir).iterdir() if path.is_file() and path.name != ".lock"}
+
+
 def metrics(run_dir: Path) -> list[dict]:
     """The records of a run's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

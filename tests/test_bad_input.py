@@ -1,28 +1,16 @@
 """The bad-input battery through `softsync train`, under both engines: one line, exit 2, nothing damaged."""
 
 import gzip
-import json
 
 import pytest
 import torch
 
 from softsync.cli import main
 
+from helpers import epochs, fails_with_one_line, snapshot
 from test_datasets import make_mnist
 
 ENGINES = ["sim", "dist"]
-
-
-def fails_with_one_line(argv, capfd) -> str:
-    code = main(argv)
-    err = capfd.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("softsync: error:"), err
-    return lines[0]
-
-
-def snapshot(run_dir):
-    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
 
 
 def truncate(path):
@@ -51,18 +39,9 @@ def test_damaged_dataset_files(tmp_path, capfd, engine, damage):
             "train",
             "--engine",
             engine,
-            "--dataset",
-            "mnist",
-            "--data-dir",
+            *"--dataset mnist --data-dir".split(),
             str(data),
-            "--learners",
-            "2",
-            "--batch-size",
-            "8",
-            "--model",
-            "logreg",
-            "--quiet",
-            "--out",
+            *"--learners 2 --batch-size 8 --model logreg --quiet --out".split(),
             str(out),
         ],
         capfd,
@@ -77,17 +56,7 @@ def finished_run(tmp_path_factory):
     assert (
         main(
             [
-                "train",
-                "--dataset",
-                "synthetic",
-                "--model",
-                "logreg",
-                "--epochs",
-                "1",
-                "--learners",
-                "2",
-                "--quiet",
-                "--out",
+                *"train --dataset synthetic --model logreg --epochs 1 --learners 2 --quiet --out".split(),
                 str(out),
             ]
         )
@@ -142,14 +111,7 @@ def test_unwritable_out(tmp_path, capfd, engine):
             "train",
             "--engine",
             engine,
-            "--dataset",
-            "synthetic",
-            "--model",
-            "logreg",
-            "--learners",
-            "2",
-            "--quiet",
-            "--out",
+            *"--dataset synthetic --model logreg --learners 2 --quiet --out".split(),
             str(blocker / "run"),
         ],
         capfd,
@@ -162,17 +124,7 @@ def test_a_run_directory_under_dist_is_never_overwritten(tmp_path, capfd, finish
     before = snapshot(finished_run)
     line = fails_with_one_line(
         [
-            "train",
-            "--engine",
-            "dist",
-            "--dataset",
-            "synthetic",
-            "--model",
-            "logreg",
-            "--learners",
-            "2",
-            "--quiet",
-            "--out",
+            *"train --engine dist --dataset synthetic --model logreg --learners 2 --quiet --out".split(),
             str(finished_run),
         ],
         capfd,
@@ -194,4 +146,4 @@ def test_resume_skips_metrics_lines_that_are_not_records(tmp_path, capfd, finish
         handle.write(b'[1, 2]\n{"epoch": "x"}\n"text"\n{"epoch": true}\n\xff\xfe\n')
     assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
     assert "Traceback" not in capfd.readouterr().err
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert epochs(run) == [1, 2]

@@ -11,20 +11,9 @@ import pytest
 from softsync.cli import main
 from softsync.config import ConfigError, make_config
 
+from helpers import fails_with_one_line, metrics
+
 SMALL = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--quiet"]
-
-
-def fails_with_one_line(argv, capsys) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse's own errors
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("softsync: error:"), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -69,17 +58,7 @@ def test_an_empty_test_set_is_refused_before_the_run_directory_exists(tmp_path, 
     out = tmp_path / "run"
     line = fails_with_one_line(
         [
-            "train",
-            "--dataset",
-            "synthetic",
-            "--synthetic-size",
-            "3",
-            "--batch-size",
-            "1",
-            "--learners",
-            "1",
-            "--quiet",
-            "--out",
+            *"train --dataset synthetic --synthetic-size 3 --batch-size 1 --learners 1 --quiet --out".split(),
             str(out),
         ],
         capsys,
@@ -291,7 +270,7 @@ def test_resume_from_the_command_line_adds_epochs(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--learners", "2", "--protocol", "async", "--out", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--epochs", "3", "--quiet"]) == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(out)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["config"]["epochs"] == 3
     assert "--lr" in fails_with_one_line(["train", "--resume", str(out), "--lr", "0.5"], capsys)

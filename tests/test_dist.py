@@ -18,7 +18,7 @@ import torch
 from softsync import train
 from softsync.engines.launch import free_port
 
-from helpers import final_weights
+from helpers import epochs, final_weights, metrics
 
 pytestmark = pytest.mark.dist  # real processes: `make test-quick` leaves them out
 
@@ -39,25 +39,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subprocess.Popen, list[dict]]:
-    """Start `softsync train --engine dist` in a session of its own and wait for its processes.json."""
-    command = [
-        str(BIN / "softsync"),
-        "train",
-        "--engine",
-        "dist",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp",
-        "--batch-size",
-        "16",
-        "--quiet",
-        "--out",
-        str(out),
-        *flags,
-    ]
-    process = subprocess.Popen(
+def train_command(out: Path, *flags: str) -> list[str]:
+    """`softsync train --engine dist` on the small synthetic set with the mlp, writing ``out``."""
+    small = "--engine dist --dataset synthetic --model mlp --batch-size 16 --quiet".split()
+    return [str(BIN / "softsync"), "train", *small, "--out", str(out), *flags]
+
+
+def spawn(command: list[str], environment: dict | None = None) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (so that a test can signal or kill its whole group)."""
+    return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -65,6 +55,11 @@ def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subp
         env=environment or ENV,
         start_new_session=True,
     )
+
+
+def start(out: Path, *flags: str, environment: dict | None = None) -> tuple[subprocess.Popen, list[dict]]:
+    """Start `softsync train --engine dist` in a session of its own and wait for its processes.json."""
+    process = spawn(train_command(out, *flags), environment)
     deadline = time.monotonic() + 60
     while not (out / "processes.json").exists():
         assert process.poll() is None, process.communicate()
@@ -91,7 +86,7 @@ def assert_all_gone(processes: list[dict], within: float = 10.0) -> None:
 def test_each_protocol_completes(tmp_path, protocol, learners):
     summary = train(protocol=protocol, learners=learners, epochs=2, out=str(tmp_path / "run"), **SMALL)
     assert summary["status"] == "completed"
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2]
     per_epoch = (2048 // (16 * learners)) * learners if protocol == "hardsync" else 2048 // 16
     assert summary["gradients"] == 2 * per_epoch
@@ -119,10 +114,7 @@ def test_no_process_is_left_after_a_run(tmp_path):
     )
     assert sorted(p["rank"] for p in processes) == [0, 1, 2, 3]
     assert [p["role"] for p in sorted(processes, key=lambda p: p["rank"])] == [
-        "server",
-        "learner",
-        "learner",
-        "learner",
+        *"server learner learner learner".split(),
     ]
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
@@ -135,9 +127,7 @@ def test_a_killed_learner_is_survived(tmp_path, protocol):
     epochs = 30
     process, processes = start(
         tmp_path / "run",
-        "--learners",
-        "3",
-        "--protocol",
+        *"--learners 3 --protocol".split(),
         protocol,
         "--epochs",
         str(epochs),
@@ -155,7 +145,7 @@ def test_a_killed_learner_is_survived(tmp_path, protocol):
     per_epoch = (2048 // (16 * 3)) * 3 if protocol == "hardsync" else 2048 // 16
     # every mini-batch of every epoch applied exactly once: the lost one was handed out again
     assert summary["gradients"] == epochs * per_epoch and summary["rejected_gradients"] == 0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(tmp_path / "run")
     assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
     if protocol == "hardsync":
         assert summary["staleness"]["max"] == 0
@@ -165,16 +155,7 @@ def test_a_killed_learner_is_survived(tmp_path, protocol):
 def test_a_hung_learner_is_dropped_after_the_timeout(tmp_path):
     process, processes = start(
         tmp_path / "run",
-        "--learners",
-        "2",
-        "--protocol",
-        "async",
-        "--epochs",
-        "15",
-        "--learner-speeds",
-        "0.3,0.3",
-        "--timeout",
-        "3",
+        *"--learners 2 --protocol async --epochs 15 --learner-speeds 0.3,0.3 --timeout 3".split(),
     )
     os.kill(next(p for p in processes if p["rank"] == 2)["pid"], signal.SIGSTOP)  # hung, not dead
     _, err = process.communicate(timeout=120)
@@ -226,17 +207,7 @@ def test_bad_input_under_dist_exits_2_before_starting_anything(tmp_path, capsys)
     out = tmp_path / "run"
     code = main(
         [
-            "train",
-            "--engine",
-            "dist",
-            "--dataset",
-            "synthetic",
-            "--learners",
-            "2",
-            "--protocol",
-            "hardsync",
-            "--batch-size",
-            "5000",
+            *"train --engine dist --dataset synthetic --learners 2 --protocol hardsync --batch-size 5000".split(),
             "--quiet",
             "--out",
             str(out),
@@ -258,19 +229,11 @@ def test_torchrun_with_two_nodes_on_loopback(tmp_path):
         subprocess.Popen(
             [
                 str(BIN / "torchrun"),
-                "--nnodes",
-                "2",
-                "--node-rank",
+                *"--nnodes 2 --node-rank".split(),
                 str(node),
-                "--nproc-per-node",
-                "2",
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
+                *"--nproc-per-node 2 --master-addr 127.0.0.1 --master-port".split(),
                 port,
-                "-m",
-                "softsync.dist",
-                "--config",
+                *"-m softsync.dist --config".split(),
                 str(config),
             ],
             stdout=subprocess.PIPE,
@@ -291,7 +254,7 @@ def test_resume_under_dist_continues_the_run(tmp_path):
     out = tmp_path / "run"
     first = train(protocol="2-softsync", learners=2, epochs=1, out=str(out), **SMALL)
     resumed = train(resume=str(out), epochs=2)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(out)
     assert [r["epoch"] for r in records] == [1, 2]
     assert resumed["gradients"] == 2 * first["gradients"] and resumed["config"]["engine"] == "dist"
     assert resumed["updates"] > first["updates"]
@@ -301,16 +264,7 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     process, processes = start(
         out,
-        "--learners",
-        "2",
-        "--protocol",
-        "async",
-        "--epochs",
-        "6",
-        "--learner-speeds",
-        "0.1,0.1",
-        "--checkpoint-every",
-        "20",
+        *"--learners 2 --protocol async --epochs 6 --learner-speeds 0.1,0.1 --checkpoint-every 20".split(),
     )
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.pt").exists():
@@ -328,7 +282,7 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed["status"] == "completed"
     # async: every mini-batch of the 6 epochs is applied once after the checkpoint's state
     assert resumed["gradients"] == resumed["updates"] == 6 * (2048 // 16)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(out)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
@@ -344,48 +298,15 @@ def test_divergence_under_dist_stops_every_learner(tmp_path, capfd):
 def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     """The server is SIGKILLed; torchrun restarts every rank, which resume the run in --out."""
     out = tmp_path / "run"
-    torchrun = subprocess.Popen(
+    torchrun = spawn(
         [
             str(BIN / "torchrun"),
-            "--nnodes",
-            "1",
-            "--nproc-per-node",
-            "3",
-            "--max-restarts",
-            "1",
-            "--monitor-interval",
-            "0.1",
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            f"127.0.0.1:{free_port()}",
-            "-m",
-            "softsync.torchrun",
-            "--dataset",
-            "synthetic",
-            "--model",
-            "mlp",
-            "--batch-size",
-            "16",
-            "--learners",
-            "2",
-            "--protocol",
-            "async",
-            "--epochs",
-            "20",
-            "--checkpoint-every",
-            "20",
-            "--timeout",
-            "60",
-            "--quiet",
-            "--out",
+            *"--nnodes 1 --nproc-per-node 3 --max-restarts 1 --monitor-interval 0.1 --rdzv-backend c10d".split(),
+            *["--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "softsync.torchrun"],
+            *"--dataset synthetic --model mlp --batch-size 16 --learners 2 --protocol async --epochs 20".split(),
+            *"--checkpoint-every 20 --timeout 60 --quiet --out".split(),
             str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        start_new_session=True,
+        ]
     )
     try:
         deadline = time.monotonic() + 90
@@ -403,9 +324,7 @@ def test_torchrun_max_restarts_continues_from_the_last_checkpoint(tmp_path):
     assert summary["status"] == "completed"
     # async: every mini-batch of the 20 epochs applied once, counting from the checkpoint's state
     assert summary["gradients"] == summary["updates"] == 20 * (2048 // 16)
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(
-        range(1, 21)
-    )
+    assert epochs(out) == list(range(1, 21))
     assert_all_gone(first)
 
 
@@ -415,24 +334,8 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
 
     out = tmp_path / "run"
     flags = [
-        "--engine",
-        "dist",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp",
-        "--batch-size",
-        "16",
-        "--learners",
-        "2",
-        "--protocol",
-        "async",
-        "--epochs",
-        "2",
-        "--timeout",
-        "60",
-        "--quiet",
-        "--out",
+        *"--engine dist --dataset synthetic --model mlp --batch-size 16 --learners 2 --protocol async".split(),
+        *"--epochs 2 --timeout 60 --quiet --out".split(),
         str(out),
     ]
     world = {"WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
@@ -441,17 +344,7 @@ def test_malformed_messages_over_gloo_are_rejected_and_the_run_completes(tmp_pat
         1: [str(BIN / "python"), str(Path(__file__).parent / "rogue_learner.py"), *flags],
         2: [str(BIN / "python"), "-m", "softsync.dist", *flags],
     }
-    ranks = {
-        rank: subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**ENV, **world, "RANK": str(rank)},
-            start_new_session=True,
-        )
-        for rank, command in commands.items()
-    }
+    ranks = {rank: spawn(command, {**ENV, **world, "RANK": str(rank)}) for rank, command in commands.items()}
     try:
         results = {rank: process.communicate(timeout=120) for rank, process in ranks.items()}
     finally:
@@ -477,18 +370,8 @@ def test_a_run_resumed_after_losing_a_learner_runs_the_protocol_with_every_learn
     out = tmp_path / "run"
     process, processes = start(
         out,
-        "--learners",
-        "3",
-        "--protocol",
-        "hardsync",
-        "--epochs",
-        "4",
-        "--timeout",
-        "30",
-        "--checkpoint-every",
-        "10",
-        "--learner-speeds",
-        "0.3,0.3,0.3",
+        *"--learners 3 --protocol hardsync --epochs 4 --timeout 30".split(),
+        *"--checkpoint-every 10 --learner-speeds 0.3,0.3,0.3".split(),
     )
     try:
         os.kill(next(p for p in processes if p["rank"] == 3)["pid"], signal.SIGKILL)
@@ -585,14 +468,7 @@ def test_a_local_launch_listens_on_host_only(tmp_path):
     environment = {**ENV, "GLOO_SOCKET_IFNAME": interface} if interface else ENV
     process, processes = start(
         tmp_path / "run",
-        "--learners",
-        "2",
-        "--protocol",
-        "async",
-        "--epochs",
-        "50",
-        "--learner-speeds",
-        "0.2,0.2",
+        *"--learners 2 --protocol async --epochs 50 --learner-speeds 0.2,0.2".split(),
         environment=environment,
     )
     try:
@@ -632,28 +508,8 @@ def children(pid: int) -> list[int]:
 def test_ctrl_c_during_start_up_prints_one_line(tmp_path, moment):
     """issue 9 item 10: Ctrl-C in a dist run's first seconds printed a KeyboardInterrupt traceback per rank."""
     out = tmp_path / "run"
-    command = [
-        str(BIN / "softsync"),
-        "train",
-        "--engine",
-        "dist",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp",
-        "--batch-size",
-        "16",
-        "--learners",
-        "2",
-        "--epochs",
-        "50",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
-    )
+    command = train_command(out, *"--learners 2 --epochs 50".split())
+    process = spawn(command)
     try:
         deadline = time.monotonic() + 60
         if moment == "while the ranks start":  # they import torch and load the data for seconds
@@ -701,30 +557,8 @@ def test_a_start_up_longer_than_the_timeout_says_so(tmp_path):
     Learner 1 (rank 2) is stopped while it starts: the others give up joining after 2 × --timeout.
     """
     out = tmp_path / "run"
-    command = [
-        str(BIN / "softsync"),
-        "train",
-        "--engine",
-        "dist",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp",
-        "--batch-size",
-        "16",
-        "--learners",
-        "2",
-        "--epochs",
-        "2",
-        "--timeout",
-        "1",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
-    )
+    command = train_command(out, *"--learners 2 --epochs 2 --timeout 1".split())
+    process = spawn(command)
     try:
         deadline = time.monotonic() + 60
         while (late := next((c for c in children(process.pid) if rank_of(c) == 2), None)) is None:
@@ -770,20 +604,9 @@ def test_an_epoch_end_longer_than_the_timeout_says_so(tmp_path):
     data = small_train_big_test(tmp_path / "data", 1024, 60000)
     process, processes = start(
         tmp_path / "run",
-        "--dataset",
-        "fashion-mnist",
-        "--data-dir",
+        *"--dataset fashion-mnist --data-dir".split(),
         str(data),
-        "--model",
-        "cnn-small",
-        "--batch-size",
-        "64",
-        "--learners",
-        "2",
-        "--epochs",
-        "2",
-        "--timeout",
-        "2",
+        *"--model cnn-small --batch-size 64 --learners 2 --epochs 2 --timeout 2".split(),
     )
     try:
         _, err = process.communicate(timeout=120)

@@ -10,7 +10,7 @@ from softsync.cli import main
 from softsync.config import make_config
 from softsync.rundir import RunLock, create_run_dir
 
-from helpers import epochs, fails_with_one_line
+from helpers import epochs, fails_with_one_line, snapshot
 
 SMALL = ["--dataset", "synthetic", "--model", "logreg", "--learners", "2", "--protocol", "async", "--quiet"]
 
@@ -20,10 +20,6 @@ def finished(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
     return out
-
-
-def snapshot(run_dir):
-    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file() and path.name != ".lock"}
 
 
 def test_a_second_writer_of_a_run_is_refused_and_changes_nothing(finished, capsys):

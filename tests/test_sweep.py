@@ -17,7 +17,7 @@ from softsync.config import ConfigError
 from softsync.plots import plot_series, plot_staleness, plot_test_error
 from softsync.sweep import load_experiment, sweep
 
-from helpers import crash_after_checkpoint
+from helpers import crash_after_checkpoint, epochs
 
 TINY = """
 [base]
@@ -206,7 +206,7 @@ def test_a_run_stopped_after_a_checkpoint_is_resumed_to_the_same_weights(tmp_pat
     lines = []
     sweep(experiment, tmp_path / "out", log=lines.append)
     assert "completed" in lines[0]
-    assert [json.loads(line)["epoch"] for line in (stopped / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert epochs(stopped) == [1, 2]
     sweep(experiment, tmp_path / "uninterrupted", log=lambda line: None)
     weights = [
         torch.load(out / "runs" / run.name / "checkpoint.pt", weights_only=False)["server"]["weights"]
