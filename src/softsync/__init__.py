@@ -22,11 +22,12 @@ try:  # importing torch takes seconds: a Ctrl-C then ends the command with one l
     from .server import ParameterServer
     from .staleness import POLICIES, StalenessStats, register_policy
     from .train import train
-except KeyboardInterrupt:
+except KeyboardInterrupt as interrupt:
     if not _is_the_command():
         raise
-    print("softsync: interrupted", file=sys.stderr)
-    raise SystemExit(130) from None
+    from .errors import report
+
+    raise SystemExit(report(interrupt)) from None
 
 __all__ = [
     "ConfigError",

@@ -14,10 +14,10 @@ from .errors import ConfigError, SoftsyncError, report
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not the usage block."""
+    """argparse, but a usage error is a ConfigError (one line, exit 2), not the usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"softsync: error: {message}\n")
+        raise ConfigError(message)
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # --help exits here, outside the SystemExit below
+    except ConfigError as error:
+        return report(error)
     try:
         if args.command == "train":
             return run_train(args)
@@ -136,8 +139,7 @@ def run_command(argv: list[str] | None) -> int:
     except SoftsyncError as error:
         return report(error)
     except SystemExit as stop:  # SIGTERM or SIGHUP (processes.ended_by_signals)
-        print("softsync: interrupted", file=sys.stderr)
-        return stop.code if isinstance(stop.code, int) else 1
+        return report(stop)
 
 
 if __name__ == "__main__":

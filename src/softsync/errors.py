@@ -48,9 +48,10 @@ def report(error: BaseException, where: str = "") -> int:
 
     ``where`` names the process for a failure that is not bad input (e.g. "rank 2").
     """
-    if isinstance(error, KeyboardInterrupt):
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):  # Ctrl-C; SIGTERM or SIGHUP (processes.ended_by_signals)
         print("softsync: interrupted", file=sys.stderr)
-        return 130
+        code = error.code if isinstance(error, SystemExit) else 130
+        return code if isinstance(code, int) else 1
     if isinstance(error, SoftsyncError):
         if not error.reported:
             prefix = f"{where}: " if where and not isinstance(error, UserError) else ""
