@@ -16,14 +16,14 @@ def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int 
     """Seconds for ``steps`` steps of torch.optim.SGD (momentum 0.9) on μ-sized batches in this process."""
     model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    order = torch.randperm(len(dataset.train_y), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(dataset.train.targets), generator=torch.Generator().manual_seed(seed))
     per_epoch = len(order) // batch_size
     start = time.perf_counter()
     for step in range(steps):
         index = step % per_epoch
         samples = order[index * batch_size : (index + 1) * batch_size]
         optimizer.zero_grad()
-        F.cross_entropy(model(dataset.train_x[samples]), dataset.train_y[samples]).backward()
+        F.cross_entropy(model(dataset.train.inputs[samples]), dataset.train.targets[samples]).backward()
         optimizer.step()
     return time.perf_counter() - start
 

@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = load_dataset("fashion-mnist")
-    steps = args.epochs * (len(dataset.train_y) // args.batch_size)
+    steps = args.epochs * (len(dataset.train.targets) // args.batch_size)
     print(f"Fashion-MNIST, μ = {args.batch_size}, {steps} steps, async with 1 learner, 1 thread per process")
     for model_name in args.models.split(","):
         plain_loop(model_name, dataset, 20, args.batch_size)  # warm-up

@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = load_dataset("fashion-mnist")
-    steps = args.epochs * (len(dataset.train_y) // args.batch_size)
+    steps = args.epochs * (len(dataset.train.targets) // args.batch_size)
     plain_loop(args.model, dataset, 20, args.batch_size)  # warm-up
     print(f"{args.model}, Fashion-MNIST, μ = {args.batch_size}, async, {steps} steps, 1 thread per process")
     versus_plain, versus_one, ceiling = [], [], []

@@ -54,14 +54,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = load_dataset("fashion-mnist")
-    if args.samples < len(dataset.train_y):
-        dataset.train_x, dataset.train_y = dataset.train_x[: args.samples], dataset.train_y[: args.samples]
+    if args.samples < len(dataset.train.targets):
+        dataset.train.inputs, dataset.train.targets = dataset.train.inputs[: args.samples], dataset.train.targets[: args.samples]
     # warm-up: first calls import and initialise parts of torch; neither side should pay for that
     small = load_dataset("synthetic", synthetic_size=256)
     for model_name in args.models.split(","):
         simulated_epoch(model_name, small, args.batch_size, seed=0)
         plain_loop(model_name, small, 8, args.batch_size, seed=0)
-    print(f"Fashion-MNIST, {len(dataset.train_y)} samples, μ = {args.batch_size}, λ = 30, 30-softsync, 1 thread")
+    print(f"Fashion-MNIST, {len(dataset.train.targets)} samples, μ = {args.batch_size}, λ = 30, 30-softsync, 1 thread")
     for model_name in args.models.split(","):
         ratios = []
         for repeat in range(args.repeats):

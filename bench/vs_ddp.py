@@ -43,25 +43,25 @@ def ddp_rank(rank: int, args) -> None:
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     slowdown = 1.0 if (args.straggler and rank == 1) else 0.0  # speed 0.5: sleep as long as it computed
-    rounds = len(dataset.train_y) // (2 * args.batch_size)
+    rounds = len(dataset.train.targets) // (2 * args.batch_size)
     records, evaluation_s = [], 0.0
     dist.barrier()
     start = time.perf_counter()
     for epoch in range(args.epochs):
-        order = epoch_permutation(len(dataset.train_y), 0, epoch)
+        order = epoch_permutation(len(dataset.train.targets), 0, epoch)
         for step in range(rounds):
             began = time.perf_counter()
             index = 2 * step + rank
             samples = order[index * args.batch_size : (index + 1) * args.batch_size]
             optimizer.zero_grad()
-            F.cross_entropy(model(dataset.train_x[samples]), dataset.train_y[samples]).backward()
+            F.cross_entropy(model(dataset.train.inputs[samples]), dataset.train.targets[samples]).backward()
             optimizer.step()
             if slowdown:
                 time.sleep((time.perf_counter() - began) * slowdown)
         dist.barrier()
         paused = time.perf_counter()
         if rank == 0:
-            _, error = evaluate(model.module, dataset.test_x, dataset.test_y)
+            _, error = evaluate(model.module, dataset.test)
             records.append({"epoch": epoch + 1, "wall_s": time.perf_counter() - start, "test_error": error})
         dist.barrier()
         evaluation_s += time.perf_counter() - paused

@@ -135,21 +135,21 @@ def test_load_mnist_like(tmp_path, name, gz):
     d = load_dataset(name, data_dir=tmp_path)
     assert isinstance(d, Dataset) and d.name == name and d.num_classes == 10
     assert d.input_shape == (1, 28, 28)
-    assert d.train_x.shape == (6, 1, 28, 28) and d.test_x.shape == (3, 1, 28, 28)
-    assert d.train_x.dtype == torch.float32 and d.train_y.dtype == torch.int64
-    assert d.train_y.tolist() == train_y.tolist() and d.test_y.tolist() == test_y.tolist()
+    assert d.train.inputs.shape == (6, 1, 28, 28) and d.test.inputs.shape == (3, 1, 28, 28)
+    assert d.train.inputs.dtype == torch.float32 and d.train.targets.dtype == torch.int64
+    assert d.train.targets.tolist() == train_y.tolist() and d.test.targets.tolist() == test_y.tolist()
     want_train, want_test = expected_preprocessing(train_x, test_x, (1, 28, 28))
-    torch.testing.assert_close(d.train_x, want_train)
-    torch.testing.assert_close(d.test_x, want_test)
+    torch.testing.assert_close(d.train.inputs, want_train)
+    torch.testing.assert_close(d.test.inputs, want_test)
     # Per-pixel training mean is zero; the test set uses the *training* mean.
-    assert d.train_x.mean(0).abs().max() < 1e-6
-    assert d.test_x.mean(0).abs().max() > 1e-3
+    assert d.train.inputs.mean(0).abs().max() < 1e-6
+    assert d.test.inputs.mean(0).abs().max() > 1e-3
 
 
 def test_dataset_subdirectory_is_found(tmp_path):
     make_mnist(tmp_path / "mnist")
     assert resolve_data_dir("mnist", tmp_path) == tmp_path / "mnist"
-    assert len(load_dataset("mnist", tmp_path).train_y) == 6
+    assert len(load_dataset("mnist", tmp_path).train.targets) == 6
 
 
 def test_search_order(tmp_path, monkeypatch):
@@ -161,11 +161,11 @@ def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
     # data_dir beats $SOFTSYNC_DATA beats the system directory.
     assert resolve_data_dir("fashion-mnist", given) == given
-    assert len(load_dataset("fashion-mnist", given).train_y) == 4
+    assert len(load_dataset("fashion-mnist", given).train.targets) == 4
     assert resolve_data_dir("fashion-mnist") == env / "fashion-mnist"
     monkeypatch.delenv("SOFTSYNC_DATA")
     assert resolve_data_dir("fashion-mnist") == system
-    assert len(load_dataset("fashion-mnist").train_y) == 7
+    assert len(load_dataset("fashion-mnist").train.targets) == 7
     # The system directory is only for Fashion-MNIST.
     with pytest.raises(DataError):
         resolve_data_dir("mnist")
@@ -256,13 +256,13 @@ def test_load_cifar(tmp_path, fmt, sub):
     train_x, train_y, test_x, test_y = make_cifar(tmp_path / sub if sub else tmp_path, fmt)
     d = load_dataset("cifar10", data_dir=tmp_path)
     assert d.input_shape == (3, 32, 32) and d.num_classes == 10
-    assert d.train_x.shape == (10, 3, 32, 32) and d.test_x.shape == (2, 3, 32, 32)
-    assert d.train_y.dtype == torch.int64
-    assert d.train_y.tolist() == train_y.tolist() and d.test_y.tolist() == test_y.tolist()
+    assert d.train.inputs.shape == (10, 3, 32, 32) and d.test.inputs.shape == (2, 3, 32, 32)
+    assert d.train.targets.dtype == torch.int64
+    assert d.train.targets.tolist() == train_y.tolist() and d.test.targets.tolist() == test_y.tolist()
     want_train, want_test = expected_preprocessing(train_x, test_x, (3, 32, 32))
-    torch.testing.assert_close(d.train_x, want_train)
-    torch.testing.assert_close(d.test_x, want_test)
-    assert d.train_x.mean(0).abs().max() < 1e-6
+    torch.testing.assert_close(d.train.inputs, want_train)
+    torch.testing.assert_close(d.test.inputs, want_test)
+    assert d.train.inputs.mean(0).abs().max() < 1e-6
 
 
 def test_cifar_channel_layout(tmp_path):
@@ -277,13 +277,13 @@ def test_cifar_channel_layout(tmp_path):
     d = load_dataset("cifar10", tmp_path)  # all-zero training set: mean image is 0
     expected = torch.zeros(1, 3, 32, 32)
     expected[0, 1, 2, 3] = 1.0
-    assert torch.equal(d.test_x, expected) and d.test_y.tolist() == [7]
+    assert torch.equal(d.test.inputs, expected) and d.test.targets.tolist() == [7]
 
 
 def test_cifar_env_var(tmp_path, monkeypatch):
     make_cifar(tmp_path / "cifar10" / "cifar-10-batches-bin", "bin")
     monkeypatch.setenv("SOFTSYNC_DATA", str(tmp_path))
-    assert load_dataset("cifar10").train_x.shape == (10, 3, 32, 32)
+    assert load_dataset("cifar10").train.inputs.shape == (10, 3, 32, 32)
 
 
 def test_cifar_truncated_binary(tmp_path):
@@ -318,14 +318,15 @@ def test_synthetic_shapes_and_determinism():
     a = load_dataset("synthetic", seed=3, synthetic_size=256)
     b = load_dataset("synthetic", seed=3, synthetic_size=256)
     c = load_dataset("synthetic", seed=4, synthetic_size=256)
-    assert a.train_x.shape == (256, *a.input_shape) and a.test_x.shape == (64, *a.input_shape)
-    assert a.train_x.dtype == torch.float32 and a.train_y.dtype == torch.int64
-    for field in ("train_x", "train_y", "test_x", "test_y"):
-        assert torch.equal(getattr(a, field), getattr(b, field))
-    assert not torch.equal(a.train_x, c.train_x)
-    assert not torch.equal(a.train_y, c.train_y)
-    assert a.train_x.mean(0).abs().max() < 1e-5
-    assert set(a.train_y.tolist()) == set(range(a.num_classes))
+    assert a.train.inputs.shape == (256, *a.input_shape) and a.test.inputs.shape == (64, *a.input_shape)
+    assert a.train.inputs.dtype == torch.float32 and a.train.targets.dtype == torch.int64
+    for split in ("train", "test"):
+        for field in ("inputs", "targets"):
+            assert torch.equal(getattr(getattr(a, split), field), getattr(getattr(b, split), field))
+    assert not torch.equal(a.train.inputs, c.train.inputs)
+    assert not torch.equal(a.train.targets, c.train.targets)
+    assert a.train.inputs.mean(0).abs().max() < 1e-5
+    assert set(a.train.targets.tolist()) == set(range(a.num_classes))
 
 
 def test_synthetic_is_learnable():
@@ -333,12 +334,12 @@ def test_synthetic_is_learnable():
     torch.manual_seed(0)
     model = torch.nn.Linear(int(np.prod(d.input_shape)), d.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    x, y = d.train_x.flatten(1), d.train_y
+    x, y = d.train.inputs.flatten(1), d.train.targets
     for _ in range(200):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    accuracy = (model(d.test_x.flatten(1)).argmax(1) == d.test_y).float().mean().item()
+    accuracy = (model(d.test.inputs.flatten(1)).argmax(1) == d.test.targets).float().mean().item()
     assert accuracy > 0.85
 
 
@@ -347,7 +348,7 @@ def test_a_dataset_without_test_samples_is_refused(tmp_path):
     with pytest.raises(DataError, match="--synthetic-size 3") as e:
         load_dataset("synthetic", synthetic_size=3)  # the test set is a quarter of it: none
     assert "\n" not in str(e.value)
-    assert len(load_dataset("synthetic", synthetic_size=4).test_y) == 1
+    assert len(load_dataset("synthetic", synthetic_size=4).test.targets) == 1
     make_mnist(tmp_path, n_test=0)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte") as e:
         load_dataset("mnist", tmp_path)
@@ -368,7 +369,7 @@ def test_real_fashion_mnist(monkeypatch):
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
     d = load_dataset("fashion-mnist")
-    assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
+    assert d.train.inputs.shape == (60000, 1, 28, 28) and d.test.inputs.shape == (10000, 1, 28, 28)
     assert d.input_shape == (1, 28, 28) and d.num_classes == 10
-    assert sorted(d.train_y.unique().tolist()) == list(range(10))
-    assert d.train_x.mean(0).abs().max() < 1e-5
+    assert sorted(d.train.targets.unique().tolist()) == list(range(10))
+    assert d.train.inputs.mean(0).abs().max() < 1e-5

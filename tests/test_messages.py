@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from softsync.build import build_components
+from softsync.build import build_components, load_task
 from softsync.config import make_config
 from softsync.engines.dist import HEADER, LOSS_SLOT, PULL, PUSH, STOP, WEIGHTS, DistServer
 from softsync.rundir import create_run_dir
@@ -26,7 +26,7 @@ def make_server(tmp_path, protocol="async", learners=2):
         out=str(tmp_path / "run"),
     )
     out, _ = create_run_dir(config.out, config)
-    server = DistServer(build_components(config, out), timeout=60)
+    server = DistServer(build_components(config, out, load_task(config)), timeout=60)
     server.sent = []
     server.send = lambda learner, kind, work=None: server.sent.append((learner, kind, work))
     return server

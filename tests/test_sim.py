@@ -53,7 +53,7 @@ def test_async_with_one_learner_is_plain_torch_sgd(tmp_path, synthetic):
         for index in range(2048 // 16):
             samples = order[index * 16 : (index + 1) * 16]
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(synthetic.train_x[samples]), synthetic.train_y[samples]).backward()
+            torch.nn.functional.cross_entropy(model(synthetic.train.inputs[samples]), synthetic.train.targets[samples]).backward()
             optimizer.step()
             steps += 1
     reference = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -211,8 +211,8 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, synthetic):
         train(data=synthetic, resume=str(out), lr=0.5)
     with pytest.raises(RunDirError, match="not a run directory"):
         train(data=synthetic, resume=str(tmp_path))
-    with pytest.raises(ConfigError, match="weights"):
-        train(data=synthetic, resume=str(out), module=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)))
+    with pytest.raises(ConfigError, match="--model"):
+        train(data=synthetic, resume=str(out), model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)))
     more = train(data=synthetic, resume=str(out), epochs=2)  # a finished run given one more epoch
     assert more["gradients"] == 2 * (2048 // 32)
 
@@ -220,7 +220,7 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, synthetic):
 def test_any_nn_module_through_the_python_api(tmp_path, synthetic):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
     _, summary = run(
-        tmp_path, "custom", synthetic, module=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05
+        tmp_path, "custom", synthetic, model=net, protocol="2-softsync", learners=4, batch_size=16, epochs=3, lr=0.05
     )
     assert summary["status"] == "completed" and summary["test_error"] < 0.5
 

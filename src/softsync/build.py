@@ -1,4 +1,4 @@
-"""Build a run's components from its config: dataset, model, parameter server, data server, recorder.
+"""Build a run's components from its config: its task (data, model, loss), parameter server, data server, recorder.
 
 Both engines start from here, so a run means the same thing whichever engine drives it.
 """
@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
+from . import specs
 from .checkpoint import Checkpointer, Stateful
 from .config import TrainConfig
 from .coordinator import Coordinator, EndEpoch
 from .data import DataServer
-from .datasets import Dataset, load_dataset
-from .errors import ConfigError
-from .learner import Learner, evaluate
-from .models import build_model
+from .datasets import Dataset, batcher, from_factory, load_dataset
+from .errors import ConfigError, UserError, first_line
+from .learner import LOSSES, Learner, Loss, evaluate
+from .models import build_model, seeded
 from .recorder import Recorder
 from .server import ParameterServer
 
@@ -35,12 +38,114 @@ def batches_per_epoch(config: TrainConfig, num_samples: int) -> int:
     return per_epoch
 
 
-def load_data(config: TrainConfig) -> Dataset:
-    return load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
+@dataclass
+class Task:
+    """What a run trains: its data, its model (built seeded: every process builds the same weights) and its loss.
+
+    Every process of a run builds its own Task from the config: the model, the dataset and the loss
+    are named by built-in names or references (specs.py), which each process resolves itself.
+    """
+
+    data: Dataset
+    model: nn.Module
+    loss: Loss
 
 
-def make_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
-    return build_model(config.model, dataset.input_shape, dataset.num_classes, seed=config.seed)
+# Python objects given to softsync.train in place of a config field: "model" a factory of an nn.Module, "dataset"
+# a Dataset or a factory of (train, test), "loss" a loss function
+Given = dict[str, Any]
+
+
+def load_data(config: TrainConfig, given: Given | None = None) -> Dataset:
+    """The run's dataset: a built-in one, a factory's (called with torch's RNG seeded from --seed), or a given one."""
+    source = (given or {}).get("dataset")
+    if isinstance(source, Dataset):
+        return source
+    if source is None and not specs.is_reference(config.dataset):
+        _require_loadable(config.dataset, "--dataset", "data")
+        return load_dataset(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
+    factory = source if source is not None else specs.load(config.dataset, "--dataset")
+    with torch.random.fork_rng(devices=[]):  # every process must build the same data
+        torch.manual_seed(config.seed)
+        try:
+            splits = factory()
+        except UserError:
+            raise
+        except Exception as error:
+            raise ConfigError(f"--dataset {config.dataset!r}: calling it raised {first_line(error)}") from None
+    return from_factory(splits, config.dataset)
+
+
+def load_task(config: TrainConfig, given: Given | None = None, data: Dataset | None = None) -> Task:
+    """The run's Task from its config (and the objects ``given`` to softsync.train), checked on one mini-batch.
+
+    Every problem is a ConfigError of one line naming the spec, raised before a process starts
+    or a run directory is written: a spec that cannot be loaded, a factory that returns the wrong
+    thing, data that does not batch, a model that cannot take it, a loss that is not a scalar.
+    """
+    given = given or {}
+    data = data if data is not None else load_data(config, given)
+    model_source = given.get("model")
+    if model_source is None and not specs.is_reference(config.model):
+        _require_loadable(config.model, "--model", "model")
+        model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+    else:
+        factory = model_source if model_source is not None else specs.load(config.model, "--model")
+        model = seeded(factory, config.seed, config.model)
+    loss = given.get("loss")
+    if loss is None:
+        _require_loadable(config.loss, "--loss", "loss")
+        loss = LOSSES[config.loss] if config.loss in LOSSES else specs.load(config.loss, "--loss")
+    task = Task(data, model, loss)
+    _try_one_batch(task, config)
+    return task
+
+
+def _try_one_batch(task: Task, config: TrainConfig) -> None:
+    """Run the model and the loss on the first mini-batch (in eval mode, without gradients: nothing changes)."""
+    model = task.model
+    size = min(config.batch_size, len(task.data.train))  # type: ignore[arg-type]
+    try:
+        inputs, targets = batcher(task.data.train)(torch.arange(size), 0)
+    except Exception as error:
+        raise ConfigError(
+            f"--dataset {config.dataset!r}: its first {size} training items do not batch with default_collate: "
+            f"{first_line(error)}"
+        ) from None
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                outputs = model(inputs)
+            except Exception as error:
+                raise ConfigError(
+                    f"--model {config.model!r} cannot take a mini-batch of --dataset {config.dataset!r}: "
+                    f"{first_line(error)}"
+                ) from None
+            try:
+                loss = task.loss(outputs, targets)
+            except Exception as error:
+                raise ConfigError(
+                    f"--loss {config.loss!r} failed on the outputs of --model {config.model!r}: {first_line(error)}"
+                ) from None
+    finally:
+        model.train()
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else _kind(loss)
+        raise ConfigError(f"--loss {config.loss!r} returned {what}: expected a scalar, the mean over the mini-batch")
+
+
+def _require_loadable(spec: str, flag: str, what: str) -> None:
+    """An object marker (``<...>``) names an object softsync.train was given: without it the run cannot be rebuilt."""
+    if specs.is_object(spec):
+        raise ConfigError(
+            f"{flag} {spec}: this run's {what} was a Python object given to softsync.train(); pass it again "
+            "(a run that also resumes from the command line needs a factory: module:callable or file.py:callable)"
+        )
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 @dataclass
@@ -49,7 +154,7 @@ class Components:
 
     config: TrainConfig
     out: Path
-    dataset: Dataset
+    task: Task
     learner: Learner  # its weights are the server's weights: evaluation (and the sim's learners) use them
     server: ParameterServer
     data: DataServer
@@ -71,14 +176,11 @@ class Components:
         return Checkpointer(self.out, self.config, parts)
 
 
-def build_components(
-    config: TrainConfig, out: Path, module: nn.Module | None = None, dataset: Dataset | None = None
-) -> Components:
+def build_components(config: TrainConfig, out: Path, task: Task) -> Components:
     """Assemble the server side of a run writing into ``out`` (a checkpoint is restored by the Checkpointer)."""
-    dataset = dataset if dataset is not None else load_data(config)
-    per_epoch = batches_per_epoch(config, len(dataset.train_y))
-    model = module if module is not None else make_model(config, dataset)
-    learner = Learner(model)
+    per_epoch = batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]
+    model = task.model
+    learner = Learner(model, task.loss)
     server = ParameterServer(
         learner.weights,
         config.parsed_protocol(),
@@ -90,11 +192,11 @@ def build_components(
         lr_steps=config.lr_steps,
         lr_gamma=config.lr_gamma,
     )
-    data = DataServer(len(dataset.train_y), config.batch_size, config.seed, config.epochs, per_epoch)
-    test_x, test_y = dataset.test_x, dataset.test_y
-    if config.eval_samples:
-        test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
-    recorder = Recorder(
-        out, config, lambda: evaluate(model, test_x, test_y), per_epoch * config.epochs, quiet=config.quiet
-    )
-    return Components(config, out, dataset, learner, server, data, recorder)
+    data = DataServer(len(task.data.train), config.batch_size, config.seed, config.epochs, per_epoch)  # type: ignore[arg-type]
+    test, limit = task.data.test, config.eval_samples
+
+    def evaluate_model() -> tuple[float, float | None]:
+        return evaluate(model, test, task.loss, limit=limit)
+
+    recorder = Recorder(out, config, evaluate_model, per_epoch * config.epochs, quiet=config.quiet)
+    return Components(config, out, task, learner, server, data, recorder)

@@ -89,10 +89,13 @@ def run_train(args: argparse.Namespace) -> int:
     if summary is None:  # a learner rank under torchrun: rank 0 reports
         return 0
     out = summary["config"]["out"]
-    error = summary["test_error"]
-    shown = "n/a" if error is None else f"{error:.4f}"
+    error, loss = summary["test_error"], summary["test_loss"]
+    if error is not None:
+        shown = f"test error {error:.4f}"
+    else:  # a model that does not classify (or a diverged run): its test loss says how it did
+        shown = "test loss " + ("n/a" if loss is None else f"{loss:.4g}")
     print(
-        f"{summary['status']}: test error {shown} after {summary['updates']} updates "
+        f"{summary['status']}: {shown} after {summary['updates']} updates "
         f"({summary['gradients']} gradients, mean staleness {summary['staleness']['mean']:.2f}); run in {out}"
     )
     return 0

@@ -16,14 +16,17 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import specs
 from .datasets import DATASETS
 from .errors import ConfigError
+from .learner import LOSSES
 from .models import MODELS
 from .protocol import Protocol, ProtocolError, parse_protocol
 from .staleness import POLICIES
 
 ENGINES = ("sim", "dist")
 PATHS = ("data_dir", "out", "resume")
+SPECS = ("model", "dataset", "loss")  # a built-in name or a reference (specs.py)
 
 # Every float option must lie in its range, which also makes it finite. The bounds keep what is
 # derived from the options finite (virtual time, samples/s, the learning-rate schedule), so that
@@ -82,7 +85,11 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = _opt((), "epochs at which the learning rate is multiplied by --lr-gamma, e.g. 120,130")
     lr_gamma: float = _opt(0.1, "factor of each learning-rate step, in (0, 1000]")
     epochs: int = _opt(5, "epochs to train")
-    dataset: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10 or synthetic")
+    dataset: str = _opt(
+        "fashion-mnist",
+        "fashion-mnist, mnist, cifar10, imagefolder, synthetic, or your own: package.module:callable or "
+        "path/to/file.py:callable returning (train, test) map-style datasets of (input, target) items",
+    )
     data_dir: str | None = _opt(
         None,
         "where the dataset files are: this directory or its <name>/ subdirectory, nowhere else "
@@ -91,7 +98,16 @@ class TrainConfig:
     synthetic_size: int = _opt(
         2048, "training samples of the synthetic dataset, in [4, 1000000] (its test set is a quarter as many)"
     )
-    model: str = _opt("cnn-small", "paper-cifar10, cnn-small, cnn-bench, mlp or logreg")
+    model: str = _opt(
+        "cnn-small",
+        "paper-cifar10, cnn-small, cnn-bench, mlp, logreg, alexnet, or your own: package.module:callable or "
+        "path/to/file.py:callable returning an nn.Module",
+    )
+    loss: str = _opt(
+        "cross-entropy",
+        "cross-entropy, mse, or your own: package.module:callable or path/to/file.py:callable, "
+        "(output, target) -> the mean loss over the mini-batch",
+    )
     seed: int = _opt(0, "seed of the weights, the data order and the simulated step times")
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<model>-<protocol>-l<λ>-b<μ>-s<seed>)")
     resume: str | None = _opt(None, "continue the run in this directory from its checkpoint")
@@ -136,7 +152,8 @@ class TrainConfig:
         return parse_protocol(self.protocol, self.learners)
 
     def default_out(self) -> str:
-        return f"runs/{self.dataset}-{self.model}-{self.protocol}-l{self.learners}-b{self.batch_size}-s{self.seed}"
+        dataset, model = specs.short_name(self.dataset), specs.short_name(self.model)
+        return f"runs/{dataset}-{model}-{self.protocol}-l{self.learners}-b{self.batch_size}-s{self.seed}"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -228,6 +245,8 @@ def coerce(name: str, value):
         raise ConfigError(f"{flag} = {value!r}: expected a string")
     if name in PATHS:
         return os.path.expanduser(value)
+    if name in SPECS:
+        return specs.normalize(value)
     return value
 
 
@@ -297,13 +316,21 @@ def validate(config: TrainConfig) -> None:
         f"out of {_interval(0.0, MAX_LR, (False, True))}",
     )
     require(config.epochs >= 1, f"--epochs {config.epochs}: need at least 1 epoch")
-    require(config.dataset in DATASETS, f"--dataset {config.dataset!r} is unknown: use {', '.join(DATASETS)}")
+    for name, builtins in (("dataset", DATASETS), ("model", sorted(MODELS)), ("loss", LOSSES)):
+        spec = getattr(config, name)
+        if specs.is_reference(spec):
+            specs.split(spec, f"--{name}")  # its form; it is loaded when the run starts
+        else:
+            require(
+                spec in builtins or specs.is_object(spec),
+                f"--{name} {spec!r} is unknown: use {', '.join(builtins)}, or package.module:callable or "
+                "path/to/file.py:callable",
+            )
     require(config.synthetic_size >= 1, f"--synthetic-size {config.synthetic_size}: need at least 1 sample")
     require(
         config.synthetic_size <= MAX_SYNTHETIC_SIZE,
         f"--synthetic-size {config.synthetic_size}: at most {MAX_SYNTHETIC_SIZE} samples (they are held in memory)",
     )
-    require(config.model in MODELS, f"--model {config.model!r} is unknown: use {', '.join(sorted(MODELS))}")
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
     require(
         1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,

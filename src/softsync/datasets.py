@@ -21,19 +21,26 @@ import gzip
 import os
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import TensorDataset, default_collate
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, first_line
 
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_SYSTEM_DIR",
     "DataError",
     "Dataset",
+    "Samples",
+    "batcher",
+    "from_factory",
     "load_dataset",
     "read_idx",
     "resolve_data_dir",
@@ -61,27 +68,128 @@ NUM_CLASSES = 10
 _PRETTY = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 
 
+class Samples(TorchDataset):
+    """An in-memory split: item i is ``(inputs[i], targets[i])``, and a mini-batch is one indexing of each tensor."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+
 @dataclass
 class Dataset:
-    """A preprocessed train/test split held in memory."""
+    """A run's data: two map-style datasets whose items are ``(input, target)`` pairs."""
 
     name: str
-    train_x: torch.Tensor  # float32 (N, C, H, W), training mean subtracted
-    train_y: torch.Tensor  # int64 (N,)
-    test_x: torch.Tensor  # float32 (M, C, H, W), training mean subtracted
-    test_y: torch.Tensor  # int64 (M,)
-    num_classes: int
+    train: TorchDataset
+    test: TorchDataset
+    num_classes: int | None = None  # what a built-in model needs; None when the data does not say
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape (C, H, W) of one input."""
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (C, H, W for images)."""
+        return tuple(self.train[0][0].shape)
 
     def __repr__(self) -> str:
         return (
-            f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+            f"Dataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "  # type: ignore[arg-type]
             f"input_shape={self.input_shape}, num_classes={self.num_classes})"
         )
+
+
+Batcher = Callable[[torch.Tensor, int], tuple[Any, Any]]
+
+
+def in_memory(split: TorchDataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (inputs, targets) tensors of a split held in memory (Samples, or a TensorDataset of two); else None."""
+    if isinstance(split, Samples):
+        return split.inputs, split.targets
+    if isinstance(split, TensorDataset) and len(split.tensors) == 2:
+        return split.tensors[0], split.tensors[1]
+    return None
+
+
+def batcher(split: TorchDataset) -> Batcher:
+    """How to collate the mini-batch of ``split`` at some sample indices in some epoch: ``(inputs, targets)``.
+
+    A split in memory is indexed at once; any other is read item by item and batched with
+    ``default_collate``, after ``split.set_epoch(epoch)`` where it has one (the DistributedSampler
+    convention: a random augmentation then depends on the epoch and the index only, so a resumed or
+    replayed run draws the same).
+    """
+    tensors = in_memory(split)
+    if tensors is not None:
+        inputs, targets = tensors
+        return lambda indices, epoch: (inputs[indices], targets[indices])
+    set_epoch = getattr(split, "set_epoch", None)
+
+    def collate(indices: torch.Tensor, epoch: int) -> tuple[Any, Any]:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        inputs, targets = default_collate([split[index] for index in indices.tolist()])
+        return inputs, targets
+
+    return collate
+
+
+def from_factory(splits: Any, spec: str, flag: str = "--dataset") -> Dataset:
+    """Check what a dataset factory returned, ``(train, test)``, and name it ``spec``; ConfigError (one line) if wrong.
+
+    Each split must be a non-empty map-style dataset whose items are ``(input, target)`` pairs that
+    batch with ``default_collate`` (checked on the first two items of each).
+    """
+    if not isinstance(splits, (tuple, list)) or len(splits) != 2:
+        raise ConfigError(f"{flag} {spec!r} returned {_kind(splits)}, expected (train, test): two map-style datasets")
+    for what, split in zip(("training", "test"), splits, strict=True):
+        if not (hasattr(split, "__getitem__") and hasattr(split, "__len__")):
+            raise ConfigError(f"{flag} {spec!r}: the {what} set is {_kind(split)}, not a map-style dataset")
+        try:
+            size = len(split)
+            if size < 1:
+                raise ConfigError(f"{flag} {spec!r}: the {what} set is empty")
+            items = [split[index] for index in range(min(2, size))]
+        except ConfigError:
+            raise
+        except Exception as error:
+            raise ConfigError(f"{flag} {spec!r}: reading the {what} set failed: {first_line(error)}") from None
+        if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+            raise ConfigError(
+                f"{flag} {spec!r}: item 0 of the {what} set is {_kind(items[0])}, not an (input, target) pair"
+            )
+        try:
+            default_collate(items)
+        except Exception as error:
+            raise ConfigError(
+                f"{flag} {spec!r}: items of the {what} set do not batch with default_collate: {first_line(error)}"
+            ) from None
+    train, test = splits
+    return Dataset(spec, train, test, _num_classes(train))
+
+
+def _num_classes(train: TorchDataset) -> int | None:
+    """torchvision's ``classes`` list, a ``num_classes`` attribute, or the largest class index + 1 of targets in
+    memory; None when the data does not say (only a built-in model needs it)."""
+    classes = getattr(train, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes:
+        return len(classes)
+    count = getattr(train, "num_classes", None)
+    if isinstance(count, int) and count > 0:
+        return count
+    tensors = in_memory(train)
+    if tensors is not None and tensors[1].dim() == 1 and not tensors[1].is_floating_point() and len(tensors[1]):
+        return int(tensors[1].max()) + 1
+    return None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -362,7 +470,7 @@ def _preprocess(
     train = train_x.to(torch.float32).div_(255)
     test = test_x.to(torch.float32).div_(255)
     mean = train.mean(dim=0, keepdim=True)
-    return Dataset(name, train.sub_(mean), train_y, test.sub_(mean), test_y, num_classes)
+    return Dataset(name, Samples(train.sub_(mean), train_y), Samples(test.sub_(mean), test_y), num_classes)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -393,4 +501,4 @@ def _synthetic(seed: int, size: int) -> Dataset:
     train = x[:size]
     test = x[size:]
     mean = train.mean(dim=0, keepdim=True)
-    return Dataset("synthetic", train - mean, y[:size], test - mean, y[size:], SYNTHETIC_CLASSES)
+    return Dataset("synthetic", Samples(train - mean, y[:size]), Samples(test - mean, y[size:]), SYNTHETIC_CLASSES)

@@ -58,3 +58,9 @@ def report(error: BaseException, where: str = "") -> int:
             print(f"softsync: error: {prefix}{error}", file=sys.stderr)
         return error.exit_code
     raise error
+
+
+def first_line(error: BaseException) -> str:
+    """``Kind: first line of the message``, for a user's code that raised: enough to find it, on one line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -6,11 +6,19 @@ arrive and gradients leave as one contiguous tensor each, without per-parameter 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset as TorchDataset
 
+from .datasets import batcher
 from .errors import ConfigError
+
+Loss = Callable[[Any, Any], torch.Tensor]  # (outputs, targets) -> the mean loss over the mini-batch
+LOSSES: dict[str, Loss] = {"cross-entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 def flatten_parameters(
@@ -53,7 +61,7 @@ class Learner:
     def __init__(
         self,
         model: nn.Module,
-        loss_fn=F.cross_entropy,
+        loss_fn: Loss = F.cross_entropy,
         weights: torch.Tensor | None = None,
         gradients: torch.Tensor | None = None,
     ) -> None:
@@ -61,9 +69,7 @@ class Learner:
         self.loss_fn = loss_fn
         self.weights, self.gradients = flatten_parameters(model, weights, gradients)
 
-    def gradient(
-        self, weights: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, float]:
+    def gradient(self, weights: torch.Tensor, inputs: Any, targets: Any) -> tuple[torch.Tensor, float]:
         """∇ loss(weights; batch), the mean over the batch, and the loss.
 
         The returned tensor is the learner's own gradient buffer: it is overwritten by the
@@ -80,17 +86,36 @@ class Learner:
         return self.gradients, loss.item()
 
 
+def is_classification(outputs: Any, targets: Any) -> bool:
+    """Whether a mini-batch's outputs are (N, K) logits for targets that are class indices (N,)."""
+    return (
+        isinstance(outputs, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and outputs.dim() == 2
+        and targets.dim() == 1
+        and len(outputs) == len(targets)
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+    )
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1000, loss_fn=F.cross_entropy
-) -> tuple[float, float]:
-    """Mean loss and error rate of ``model`` on a dataset split."""
+    model: nn.Module, test: TorchDataset, loss_fn: Loss = F.cross_entropy, batch_size: int = 1000, limit: int = 0
+) -> tuple[float, float | None]:
+    """Mean loss of ``model`` on a split (its first ``limit`` samples if ``limit``), and its error rate when the model
+    classifies (see is_classification), else None."""
     model.eval()
-    total_loss, wrong = 0.0, 0
-    for start in range(0, len(targets), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        logits = model(x)
-        total_loss += loss_fn(logits, y, reduction="sum").item()
-        wrong += (logits.argmax(1) != y).sum().item()
-    count = max(1, len(targets))
-    return total_loss / count, wrong / count
+    collate = batcher(test)
+    count = len(test) if not limit else min(limit, len(test))  # type: ignore[arg-type]
+    total_loss, wrong, classifying = 0.0, 0, True
+    for start in range(0, count, batch_size):
+        indices = torch.arange(start, min(start + batch_size, count))
+        inputs, targets = collate(indices, 0)
+        outputs = model(inputs)
+        total_loss += float(loss_fn(outputs, targets)) * len(indices)  # a loss is the mean over its mini-batch
+        classifying = classifying and is_classification(outputs, targets)
+        if classifying:
+            wrong += int((outputs.argmax(1) != targets).sum())
+    count = max(1, count)
+    return total_loss / count, wrong / count if classifying else None

@@ -1,13 +1,14 @@
-"""Model registry. Any ``nn.Module`` works through the Python API; these have names."""
+"""Model registry (the built-in models, by name) and the seeded call of a model factory."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 # builder(input_shape (C, H, W), num_classes) -> nn.Module
 MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {}
@@ -97,14 +98,32 @@ def logreg(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(inputs, num_classes))
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int | None, seed: int = 0) -> nn.Module:
     """Build a registered model with weights initialised from ``seed`` (global RNG untouched)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}")
+    if len(input_shape) != 3 or num_classes is None:
+        raise ConfigError(
+            f"--model {name} takes images (C, H, W) in classes: this dataset's inputs have shape "
+            f"{tuple(input_shape)} and it names {num_classes or 'no'} classes (give its training set a `classes` "
+            "list), or use a model of your own (--model module:callable)"
+        )
+    channels, height, width = input_shape  # a plain tuple, whatever sequence was given
+    return seeded(lambda: MODELS[name]((channels, height, width), num_classes), seed, name)
+
+
+def seeded(factory: Callable[[], Any], seed: int, spec: str) -> nn.Module:
+    """``factory()`` with torch's RNG seeded from ``seed`` (global RNG untouched), so that every process builds the
+    same initial weights; ConfigError (one line naming ``spec``) unless it returns an nn.Module."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        channels, height, width = input_shape  # a plain tuple, whatever sequence was given
-        return MODELS[name]((channels, height, width), num_classes)
+        try:
+            model = factory()
+        except Exception as error:
+            raise ConfigError(f"--model {spec!r}: calling it raised {first_line(error)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

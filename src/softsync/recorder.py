@@ -31,7 +31,7 @@ class Recorder:
         self,
         out: Path,
         config: Any,
-        evaluate: Callable[[], tuple[float, float]],
+        evaluate: Callable[[], tuple[float, float | None]],
         total_gradients: int,
         quiet: bool = False,
     ) -> None:
@@ -41,7 +41,8 @@ class Recorder:
         self.started = time.perf_counter()
         self.wall_offset = 0.0  # wall time of earlier sessions of a resumed run
         self.epoch_end_s = 0.0  # time spent evaluating and checkpointing: not training
-        self.last_test_error: float | None = None
+        self.last_test_error: float | None = None  # None also when the model does not classify
+        self.last_test_loss: float | None = None
         self.staleness_seen = (0, 0)  # (count, Σ τ) at the previous epoch end
         self.progress = tqdm(total=total_gradients, unit="grad", disable=quiet, dynamic_ncols=True, leave=False)
         self.pending_progress = 0
@@ -89,7 +90,7 @@ class Recorder:
             record["virtual_s"] = json_number(virtual_s)
         with open(self.out / METRICS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        self.last_test_error = test_error
+        self.last_test_error, self.last_test_loss = test_error, test_loss
         self.epoch_end_s += time.perf_counter() - paused
         self.progress.update(self.pending_progress)
         self.pending_progress = 0
@@ -97,7 +98,7 @@ class Recorder:
             epoch=f"{epoch + 1}/{self.config.epochs}",
             updates=server.clock,
             staleness=f"{staleness_mean:.2f}",
-            test_error=f"{test_error:.4f}",
+            **({"test_loss": f"{test_loss:.4f}"} if test_error is None else {"test_error": f"{test_error:.4f}"}),
         )
         return test_loss
 
@@ -107,6 +108,7 @@ class Recorder:
             "epoch_end_s": self.epoch_end_s,
             "staleness_seen": self.staleness_seen,
             "last_test_error": self.last_test_error,
+            "last_test_loss": self.last_test_loss,
             "progress": self.progress.n + self.pending_progress,
         }
 
@@ -116,6 +118,7 @@ class Recorder:
         self.started = time.perf_counter()
         self.staleness_seen = tuple(state["staleness_seen"])
         self.last_test_error = state["last_test_error"]
+        self.last_test_loss = state.get("last_test_loss")  # absent from checkpoints written before --loss existed
         self.progress.update(state["progress"])
 
     def finish(
@@ -130,6 +133,7 @@ class Recorder:
             "config": self.config.resolved(),
             "status": status,
             "test_error": json_number(self.last_test_error),
+            "test_loss": json_number(self.last_test_loss),
             "updates": server.clock,
             "gradients": server.accepted_gradients,
             "rejected_gradients": server.rejected_gradients,

@@ -3,7 +3,8 @@
     torchrun --nnodes N --node-rank K --nproc-per-node P --master-addr HOST --master-port PORT \\
         [--max-restarts R] -m softsync.torchrun --config run.toml
 
-(`-m softsync.dist` is the same, under its earlier name.)
+(`-m softsync.dist` is the same, under its earlier name.) A script of your own that calls
+`softsync.train(..., engine="dist")` runs under torchrun the same way, in place of `-m softsync.torchrun`.
 
 The world size must be λ + 1: rank 0 is the parameter server (and writes the run directory),
 ranks 1..λ are the learners. The same flags as `softsync train`; `--engine dist` is implied.
@@ -11,34 +12,13 @@ ranks 1..λ are the learners. The same flags as `softsync train`; `--engine dist
 Under `--max-restarts`, torchrun starts every rank again when one fails. A restarted rank
 (TORCHELASTIC_RESTART_COUNT > 0) continues the run in `--out` from its last checkpoint, as
 `--resume` would; if the run failed before its first checkpoint, it starts again from scratch
-(rank 0 creates the run directory again over what the failed attempt left).
+(rank 0 creates the run directory again over what the failed attempt left). softsync.train
+does this (train.resolve), so a script of your own restarts the same way.
 """
 
-import os
 import sys
 
-from .cli import build_parser, main, train_options
-from .config import ConfigError, make_config
-from .rundir import run_progress
-
-
-def restart_flags(argv: list[str]) -> list[str]:
-    """The flags that make a restarted rank continue its run: --resume OUT when OUT has a checkpoint."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        return []
-    try:
-        options = train_options(build_parser().parse_args(["train", *argv]))
-        config = make_config(**options)
-    except ConfigError:
-        return []  # the run itself reports the bad value
-    if config.resume:
-        return []
-    out = config.out or config.default_out()
-    return ["--resume", out] if run_progress(out) == "resumable" else []
-
+from .cli import main
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    sys.exit(
-        main(["train", *arguments, *restart_flags(arguments), "--engine", "dist"])
-    )  # --engine last, so that it wins
+    sys.exit(main(["train", *sys.argv[1:], "--engine", "dist"]))  # --engine last, so that it wins

@@ -28,10 +28,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
-from ..build import Components, load_data, make_model
+from ..build import Components, load_task
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
 from ..coordinator import Outcome, Work
+from ..datasets import batcher
 from ..errors import RunError, ServerLost, SoftsyncError
 from ..learner import Learner
 from ..models import count_parameters
@@ -284,12 +285,14 @@ class DistLearner:
         torch.set_num_threads(config.threads_per_learner)
         self.config = config
         self.learner_id = learner_id
-        self.dataset = load_data(config)
-        model = make_model(config, self.dataset)
-        size = count_parameters(model)
+        task = load_task(config)
+        self.batch = batcher(task.data.train)
+        size = count_parameters(task.model)
         self.inbox = torch.empty(HEADER + config.batch_size + size)
         self.outbox = torch.zeros(HEADER + size)
-        self.learner = Learner(model, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:])
+        self.learner = Learner(
+            task.model, task.loss, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:]
+        )
         self.samples = self.inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
         # speeds are relative: the fastest learner runs flat out, a learner at half its speed sleeps
         speeds = config.learner_speeds or (1.0,)
@@ -297,7 +300,6 @@ class DistLearner:
 
     def run(self) -> None:
         header_in, header_out, loss_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
-        train_x, train_y = self.dataset.train_x, self.dataset.train_y
         header_out[0], header_out[1] = PULL, self.learner_id
         self.exchange(send=True)
         while True:
@@ -308,8 +310,8 @@ class DistLearner:
             if kind != WEIGHTS:
                 raise RunError(f"the server sent a malformed header (kind {kind})")
             started = time.perf_counter()
-            batch = self.samples.long()
-            _, loss = self.learner.gradient(self.learner.weights, train_x[batch], train_y[batch])
+            inputs, targets = self.batch(self.samples.long(), epoch)
+            _, loss = self.learner.gradient(self.learner.weights, inputs, targets)
             if self.slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
                 time.sleep((time.perf_counter() - started) * self.slowdown)
             header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index

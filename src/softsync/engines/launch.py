@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..build import batches_per_epoch, build_components, load_data
+from .. import specs
+from ..build import batches_per_epoch, build_components, load_task
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, make_config
 from ..errors import ConfigError, RunError, ServerLost, SoftsyncError, UserError, report
@@ -28,6 +29,7 @@ from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
 from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, JoinTimeout, init, short
 
 WORKER_CONFIG = "SOFTSYNC_WORKER_CONFIG"
+WORKER_PATH = "SOFTSYNC_WORKER_PATH"  # the launcher's sys.path (json)
 
 
 def under_torchrun() -> bool:
@@ -55,7 +57,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
                 out = Path(str(config.out))
             else:  # torchrun: this rank holds the lock for the life of the process
                 config, out, _lock = open_run_dir(config, checkpoint)
-            parts = build_components(config, out)
+            parts = build_components(config, out, load_task(config))
         else:
             learner = DistLearner(config, rank - 1)
         init(config, rank, world)
@@ -228,9 +230,10 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    # too many learners, bad data or batch size: exit 2 before any process starts or the run directory exists
+    # too many learners, a bad model, data, loss or batch size: exit 2 before any process starts or the run
+    # directory exists
     require_local_processes(config.learners)
-    batches_per_epoch(config, len(load_data(config).train_y))
+    batches_per_epoch(config, len(load_task(config).data.train))  # type: ignore[arg-type]
     config, out, lock = open_run_dir(config, checkpoint)
     world = config.learners + 1
     listening = store_socket(config.host)
@@ -240,6 +243,8 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
         "MASTER_PORT": str(listening.getsockname()[1]),
         "WORLD_SIZE": str(world),
         WORKER_CONFIG: json.dumps(config.resolved()),
+        # the ranks find the user's modules (a model, data or loss by reference) where this process does
+        WORKER_PATH: json.dumps(specs.search_path()),
         SUPERVISED: "1",
         # torch's C++ side logs the store's retries and timeouts with their stack frames; the ranks report
         # each failure in one line (set these yourself to see torch's logs)
@@ -280,6 +285,7 @@ def start_rank(rank: int, environment: dict, threads: int, store: socket.socket 
 def worker_main() -> int:
     """Entry of a locally launched rank (`python -m softsync.engines.launch`)."""
     try:
+        specs.extend_search_path(json.loads(os.environ.get(WORKER_PATH, "[]")))
         config = make_config(**json.loads(os.environ[WORKER_CONFIG]))
         checkpoint = load_checkpoint(str(config.out)) if config.resume and os.environ.get("RANK") == "0" else None
     except UserError as error:

@@ -18,13 +18,12 @@ import random
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from ..build import Components, batches_per_epoch, build_components, load_data
+from ..build import Components, Given, batches_per_epoch, build_components, load_task
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
 from ..coordinator import Outcome, Work
-from ..datasets import Dataset
+from ..datasets import batcher
 from ..rundir import open_run_dir
 
 PUSH_SEND, PUSH_ARRIVE = 1, 2  # a learner's gradient is computed and leaves / reaches the server
@@ -82,7 +81,7 @@ class SimEngine:
 
     def __init__(self, parts: Components, times: StepTimeModel) -> None:
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
-        self.train_x, self.train_y = parts.dataset.train_x, parts.dataset.train_y
+        self.batch = batcher(parts.task.data.train)
         self.times = times
         self.coordinator = parts.coordinator(self.end_epoch)
         self.checkpointer: Checkpointer | None = None
@@ -132,8 +131,8 @@ class SimEngine:
             self.checkpointer.save(self.coordinator.data.ended)
 
     def compute(self, learner: int, work: Work) -> None:
-        samples = work.batch.samples
-        gradient, loss = self.learner.gradient(self.server.weights, self.train_x[samples], self.train_y[samples])
+        inputs, targets = self.batch(work.batch.samples, work.batch.epoch)
+        gradient, loss = self.learner.gradient(self.server.weights, inputs, targets)
         self.held[learner] = Held(gradient.clone(), loss)
         compute_start = self.transfer()  # the weights reach the learner
         self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
@@ -163,16 +162,17 @@ class SimEngine:
             rng.setstate(rng_state)
 
 
-def run_sim(
-    config: TrainConfig, checkpoint: dict | None, module: nn.Module | None = None, dataset: Dataset | None = None
-) -> dict:
-    """`softsync train --engine sim`: the whole run in this process; returns the summary."""
+def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = None) -> dict:
+    """`softsync train --engine sim`: the whole run in this process; returns the summary.
+
+    ``given``: the Python objects softsync.train was given in place of the model, data or loss.
+    """
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
-    dataset = dataset if dataset is not None else load_data(config)
-    batches_per_epoch(config, len(dataset.train_y))  # refuse a bad batch size before the run directory exists
+    task = load_task(config, given)
+    batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]  # before the run directory exists
     config, out, lock = open_run_dir(config, checkpoint)
     with lock:
-        parts = build_components(config, out, module, dataset)
+        parts = build_components(config, out, task)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
         checkpointer = parts.checkpointer(engine.coordinator, engine)
         if checkpoint is not None:
