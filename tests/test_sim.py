@@ -53,7 +53,9 @@ def test_async_with_one_learner_is_plain_torch_sgd(tmp_path, synthetic):
         for index in range(2048 // 16):
             samples = order[index * 16 : (index + 1) * 16]
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(synthetic.train.inputs[samples]), synthetic.train.targets[samples]).backward()
+            torch.nn.functional.cross_entropy(
+                model(synthetic.train.inputs[samples]), synthetic.train.targets[samples]
+            ).backward()
             optimizer.step()
             steps += 1
     reference = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
