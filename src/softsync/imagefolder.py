@@ -50,7 +50,7 @@ def _mix(*values: int) -> int:
         z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         state = z ^ (z >> 31)
-    return state >> 1  # torch.Generator.manual_seed takes it whatever the sign convention
+    return state >> 1  # 63 bits: a non-negative seed for torch.Generator.manual_seed
 
 
 def _decode(path: Path) -> np.ndarray:
