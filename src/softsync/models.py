@@ -54,6 +54,54 @@ def paper_cifar10(input_shape: tuple[int, int, int], num_classes: int) -> nn.Mod
     return nn.Sequential(features, nn.Linear(_classifier_input(features, input_shape), num_classes))
 
 
+ALEXNET_MIN_SIDE = 39  # the smallest side that leaves pool5 an output (39 → 8 → 4 → 2 → 1)
+
+
+@register_model("alexnet")
+def alexnet(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Caffe's bvlc_alexnet as one tower (no groups), the paper's ImageNet network.
+
+    62,378,344 parameters on 227×227×3 with 1000 classes (Caffe's two-tower original, whose groups
+    halve conv2, conv4 and conv5, has 60,965,224).
+
+    Pooling is 3/2 with Caffe's ceil rounding (227→55→27→13→6); LRN is local_size 5, α 1e-4, β 0.75.
+    """
+    channels, height, width = input_shape
+    if min(height, width) < ALEXNET_MIN_SIDE:
+        raise ConfigError(
+            f"--model alexnet needs inputs of at least {ALEXNET_MIN_SIDE}×{ALEXNET_MIN_SIDE}, not {height}×{width} "
+            "(it is made for 227×227: --dataset imagefolder)"
+        )
+    features = nn.Sequential(
+        nn.Conv2d(channels, 96, 11, stride=4),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(96, 256, 5, padding=2),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(),
+    )
+    return nn.Sequential(
+        features,
+        nn.Linear(_classifier_input(features, input_shape), 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, num_classes),
+    )
+
+
 @register_model("cnn-small")
 def cnn_small(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """A fast two-layer CNN (3×3×16, 3×3×32, each ReLU and max-pool 2)."""
