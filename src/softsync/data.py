@@ -16,6 +16,8 @@ import torch
 
 from .errors import ConfigError
 
+MASK64 = (1 << 64) - 1
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -24,6 +26,17 @@ class Batch:
     epoch: int
     index: int
     samples: torch.Tensor  # indices into the training set
+
+
+def mix(*values: int) -> int:
+    """A 63-bit hash of integers by splitmix64 steps: the same in every process, unlike ``hash()``."""
+    state = 0
+    for value in values:
+        state = ((state ^ (value & MASK64)) + 0x9E3779B97F4A7C15) & MASK64
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        state = z ^ (z >> 31)
+    return state >> 1  # 63 bits: a non-negative seed for torch.Generator.manual_seed
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "SOFTSYNC_DATA"
 
@@ -391,6 +391,13 @@ def load_dataset(
     without test samples (its test error would read 0, a perfect score nothing measured).
     """
     _check_name(name)
+    if name == "imagefolder":
+        if not data_dir:
+            raise ConfigError("--dataset imagefolder needs --data-dir DIR holding train/<class>/ and val/<class>/")
+        from .imagefolder import load_imagefolder  # Pillow is an optional dependency: only this dataset needs it
+
+        train, test, classes = load_imagefolder(Path(data_dir), seed)
+        return Dataset(name, train, test, len(classes))
     if name == "synthetic":
         if synthetic_size // 4 < 1:
             raise DataError(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .data import mix
 from .errors import ConfigError, DataError
 
 __all__ = ["CROP", "RESIZE", "ImageFolderSplit", "load_imagefolder"]
@@ -30,7 +31,6 @@ RESIZE = 256  # shorter side after resizing
 CROP = 227  # Caffe's AlexNet crop
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 MEAN_IMAGES = 256  # training images the channel mean is measured on: enough for three numbers
-_MASK64 = (1 << 64) - 1
 
 
 def _pil():
@@ -40,17 +40,6 @@ def _pil():
     except ImportError:
         raise ConfigError("--dataset imagefolder needs Pillow: pip install 'softsync[images]'") from None
     return Image
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit hash of integers by splitmix64 steps: the same in every process, unlike ``hash()``."""
-    state = 0
-    for value in values:
-        state = ((state ^ (value & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
-        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        state = z ^ (z >> 31)
-    return state >> 1  # 63 bits: a non-negative seed for torch.Generator.manual_seed
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -107,7 +96,7 @@ class ImageFolderSplit(Dataset[tuple[torch.Tensor, int]]):
         pixels = _decode(path)
         if self.augment:
             # a generator of its own, so the global RNGs are untouched and the draw depends on nothing else
-            generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i))
+            generator = torch.Generator().manual_seed(mix(self.seed, self.epoch, i))
             top = int(torch.randint(pixels.shape[0] - CROP + 1, (1,), generator=generator))
             left = int(torch.randint(pixels.shape[1] - CROP + 1, (1,), generator=generator))
             pixels = _crop(pixels, top, left)
