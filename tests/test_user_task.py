@@ -17,7 +17,7 @@ from softsync.engines.launch import free_port
 from softsync.errors import ConfigError
 from softsync.models import seeded
 
-from helpers import fails_with_one_line, final_weights, metrics
+from helpers import Interrupt, crash_after_checkpoint, fails_with_one_line, final_weights, metrics
 
 USER_FILE = Path(__file__).with_name("user_task.py")
 BIN = Path(sys.executable).parent
@@ -81,6 +81,21 @@ def test_a_dataset_read_item_by_item_trains_exactly_as_one_in_memory(tmp_path):
     tensors = train(data=user_task.make_tensor_data, out=str(tmp_path / "tensors"), **common)
     assert torch.equal(final_weights(tmp_path / "items"), final_weights(tmp_path / "tensors"))
     assert items["staleness"] == tensors["staleness"]
+
+
+def test_dropout_replays_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    options = dict(model=user_task.make_dropout_model, data=user_task.make_data, protocol="async", learners=3)
+    options.update(QUICK, epochs=3, step_jitter=0.3)
+    whole = train(out=str(tmp_path / "whole"), **options)
+    again = train(out=str(tmp_path / "again"), **options)
+    assert torch.equal(final_weights(tmp_path / "whole"), final_weights(tmp_path / "again"))
+    crash_after_checkpoint(monkeypatch, lambda clock, ended: ended == 1)
+    with pytest.raises(Interrupt):
+        train(out=str(tmp_path / "split"), **options)
+    monkeypatch.undo()
+    resumed = train(resume=str(tmp_path / "split"), model=options["model"], data=options["data"])
+    assert torch.equal(final_weights(tmp_path / "whole"), final_weights(tmp_path / "split"))
+    assert resumed["staleness"] == whole["staleness"] == again["staleness"]
 
 
 def test_regression_with_mse_has_no_test_error_and_a_falling_test_loss(tmp_path, task_file):
@@ -195,7 +210,8 @@ def run_script(command: list[str], cwd: Path) -> list[subprocess.CompletedProces
 @pytest.mark.dist
 @pytest.mark.parametrize("protocol, learners", [("hardsync", 3), ("async", 2)])
 def test_the_cli_trains_a_user_model_under_dist(tmp_path, task_file, protocol, learners):
-    specs = [f"--model={task_file}:make_model", f"--dataset={task_file}:make_data", f"--loss={task_file}:smooth_loss"]
+    # dropout: each mini-batch draws its masks from its own seed, so hardsync under dist is still the sim's computation
+    specs = [f"--model={task_file}:make_dropout_model", f"--dataset={task_file}:make_data", f"--loss={task_file}:smooth_loss"]
     options = dict(protocol=protocol, learners=learners, timeout=60, **QUICK)
     for engine in ("dist", "sim"):
         command = [str(BIN / "softsync"), "train", f"--engine={engine}", *specs, *flags(options)]

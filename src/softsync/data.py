@@ -39,6 +39,12 @@ def mix(*values: int) -> int:
     return state >> 1  # 63 bits: a non-negative seed for torch.Generator.manual_seed
 
 
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of torch's RNG while a learner computes mini-batch (epoch, index): a model's dropout then draws the same
+    masks under either engine, in a replay and after a resume, whichever learner computes it."""
+    return mix(seed, epoch, index)
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The global sample order of ``epoch``: a function of (seed, epoch) only."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

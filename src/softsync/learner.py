@@ -69,12 +69,16 @@ class Learner:
         self.loss_fn = loss_fn
         self.weights, self.gradients = flatten_parameters(model, weights, gradients)
 
-    def gradient(self, weights: torch.Tensor, inputs: Any, targets: Any) -> tuple[torch.Tensor, float]:
-        """∇ loss(weights; batch), the mean over the batch, and the loss.
+    def gradient(
+        self, weights: torch.Tensor, inputs: Any, targets: Any, seed: int | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """∇ loss(weights; batch), the mean over the batch, and the loss; torch's RNG seeded with ``seed`` if given.
 
         The returned tensor is the learner's own gradient buffer: it is overwritten by the
         next call, so copy it to keep it.
         """
+        if seed is not None:
+            torch.manual_seed(seed)
         if weights.data_ptr() != self.weights.data_ptr():
             self.weights.copy_(weights)
         # zero in place: set_to_none would unbind the gradient views

@@ -32,6 +32,7 @@ from ..build import Components, load_task
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
 from ..coordinator import Outcome, Work
+from ..data import batch_seed
 from ..datasets import batcher
 from ..errors import RunError, ServerLost, SoftsyncError
 from ..learner import Learner
@@ -311,7 +312,8 @@ class DistLearner:
                 raise RunError(f"the server sent a malformed header (kind {kind})")
             started = time.perf_counter()
             inputs, targets = self.batch(self.samples.long(), epoch)
-            _, loss = self.learner.gradient(self.learner.weights, inputs, targets)
+            seed = batch_seed(self.config.seed, epoch, index)
+            _, loss = self.learner.gradient(self.learner.weights, inputs, targets, seed)
             if self.slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
                 time.sleep((time.perf_counter() - started) * self.slowdown)
             header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index

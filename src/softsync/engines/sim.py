@@ -23,6 +23,7 @@ from ..build import Components, Given, batches_per_epoch, build_components, load
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
 from ..coordinator import Outcome, Work
+from ..data import batch_seed
 from ..datasets import batcher
 from ..rundir import open_run_dir
 
@@ -82,6 +83,7 @@ class SimEngine:
     def __init__(self, parts: Components, times: StepTimeModel) -> None:
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
         self.batch = batcher(parts.task.data.train)
+        self.seed = parts.config.seed
         self.times = times
         self.coordinator = parts.coordinator(self.end_epoch)
         self.checkpointer: Checkpointer | None = None
@@ -131,8 +133,10 @@ class SimEngine:
             self.checkpointer.save(self.coordinator.data.ended)
 
     def compute(self, learner: int, work: Work) -> None:
-        inputs, targets = self.batch(work.batch.samples, work.batch.epoch)
-        gradient, loss = self.learner.gradient(self.server.weights, inputs, targets)
+        batch = work.batch
+        inputs, targets = self.batch(batch.samples, batch.epoch)
+        seed = batch_seed(self.seed, batch.epoch, batch.index)
+        gradient, loss = self.learner.gradient(self.server.weights, inputs, targets, seed)
         self.held[learner] = Held(gradient.clone(), loss)
         compute_start = self.transfer()  # the weights reach the learner
         self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
@@ -171,7 +175,7 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
     task = load_task(config, given)
     batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]  # before the run directory exists
     config, out, lock = open_run_dir(config, checkpoint)
-    with lock:
+    with lock, torch.random.fork_rng(devices=[]):  # gradients seed torch's RNG (batch_seed): not the caller's
         parts = build_components(config, out, task)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
         checkpointer = parts.checkpointer(engine.coordinator, engine)
