@@ -211,7 +211,11 @@ def run_script(command: list[str], cwd: Path) -> list[subprocess.CompletedProces
 @pytest.mark.parametrize("protocol, learners", [("hardsync", 3), ("async", 2)])
 def test_the_cli_trains_a_user_model_under_dist(tmp_path, task_file, protocol, learners):
     # dropout: each mini-batch draws its masks from its own seed, so hardsync under dist is still the sim's computation
-    specs = [f"--model={task_file}:make_dropout_model", f"--dataset={task_file}:make_data", f"--loss={task_file}:smooth_loss"]
+    specs = [
+        f"--model={task_file}:make_dropout_model",
+        f"--dataset={task_file}:make_data",
+        f"--loss={task_file}:smooth_loss",
+    ]
     options = dict(protocol=protocol, learners=learners, timeout=60, **QUICK)
     for engine in ("dist", "sim"):
         command = [str(BIN / "softsync"), "train", f"--engine={engine}", *specs, *flags(options)]
@@ -278,3 +282,29 @@ def test_a_user_script_under_torchrun_with_two_nodes_on_loopback(tmp_path, task_
     )
     difference = (final_weights(tmp_path / "run") - final_weights(tmp_path / "one")).abs().max().item()
     assert difference < 1e-5, difference
+
+
+def test_a_sweep_of_a_regression_reports_its_test_loss_and_plots_it(tmp_path, task_file, monkeypatch):
+    from softsync import plots
+    from softsync.sweep import sweep
+
+    experiment = tmp_path / "regression.toml"
+    experiment.write_text(
+        f'[base]\nmodel = "{task_file}:make_regressor"\ndataset = "{task_file}:make_regression_data"\n'
+        'loss = "mse"\nepochs = 2\nbatch_size = 16\nlr = 0.005\nquiet = true\n\n'
+        '[grid]\nprotocol = ["hardsync", "async"]\nlearners = [2]\n\n[[figure]]\nkind = "test-error"\n\n'
+        '[[figure]]\nkind = "final"\nx = "learners"\ny = "test_loss"\n'
+    )
+    plotted = []
+    original = plots.plot_series
+    monkeypatch.setattr(
+        plots,
+        "plot_series",
+        lambda series, path, x, y, *a, **k: plotted.append((y, series)) or original(series, path, x, y, *a, **k),
+    )
+    rows = sweep(experiment, tmp_path / "out", jobs=1, log=lambda line: None)
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert all(row["test_error"] is None and row["test_loss"] > 0 for row in rows)
+    (y, series), (final_y, _) = plotted
+    assert y == "test loss" and all(all(loss is not None for _, loss in points) for points in series.values())
+    assert final_y == "test_loss"

@@ -36,9 +36,13 @@ def run_label(run_dir: str | Path, summary: dict) -> str:
 
 
 def plot_test_error(runs: dict[str, list[dict]], path: str | Path, title: str = "test error") -> Path:
-    """One line per run: test error against epoch."""
-    series = {label: [(r["epoch"], r["test_error"]) for r in records] for label, records in runs.items()}
-    return plot_series(series, path, "epoch", "test error", title)
+    """One line per run: test error against epoch; the test loss when no run has a test error (a model that does
+    not classify)."""
+    records = [record for run in runs.values() for record in run]
+    metric = "test_error" if any(record["test_error"] is not None for record in records) or not records else "test_loss"
+    series = {label: [(r["epoch"], r[metric]) for r in run] for label, run in runs.items()}
+    name = metric.replace("_", " ")
+    return plot_series(series, path, "epoch", name, title.replace("test error", name))
 
 
 def plot_staleness(histograms: dict[str, dict], path: str | Path) -> Path:

@@ -48,7 +48,7 @@ from .protocol import parse_protocol
 from .rundir import CONFIG, METRICS, SUMMARY, read_metrics, run_progress
 from .staleness import StalenessStats
 
-FINAL_Y = ("test_error", "samples_per_s", "speedup", "staleness_mean")
+FINAL_Y = ("test_error", "test_loss", "samples_per_s", "speedup", "staleness_mean")
 # options a rerun may change without making a finished run a different run
 VOLATILE = {"out", "resume", "quiet", "timeout", "data_dir"}
 
@@ -322,6 +322,7 @@ def _summary_columns(summary: dict, records: list[dict]) -> dict:
     return {
         "status": summary["status"],
         "test_error": summary["test_error"],
+        "test_loss": summary.get("test_loss"),  # absent from the summaries of softsync before --loss
         "epochs": records[-1]["epoch"] if records else 0,
         "staleness_mean": staleness["mean"],
         "staleness_max": staleness["max"],
@@ -336,6 +337,7 @@ def _summary_columns(summary: dict, records: list[dict]) -> dict:
 COLUMNS = [
     "status",
     "test_error",
+    "test_loss",
     "epochs",
     "staleness_mean",
     "staleness_max",
@@ -399,7 +401,10 @@ def sweep(
         if outcome is None:  # the sweep is being stopped
             return
         row = result_row(run, out / "runs" / run.name, outcome)
-        error = "" if row.get("test_error") is None else f", test error {row['test_error']:.4f}"
+        if row.get("test_error") is not None:
+            error = f", test error {row['test_error']:.4f}"
+        else:  # a model that does not classify, or a diverged run
+            error = "" if row.get("test_loss") is None else f", test loss {row['test_loss']:.4g}"
         shown = row["status"] if outcome == "ran" or row["status"].startswith("damaged") else outcome
         with reporting:
             outcomes[run.name] = outcome
