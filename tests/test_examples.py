@@ -35,4 +35,3 @@ def test_train_mine_under_torchrun(tmp_path):
     assert summary["config"]["model"] == f"{EXAMPLES / 'train_mine.py'}:make_model"
     assert summary["test_error"] < 0.4  # ten classes: far better than chance after 8192 samples
     assert result.stdout.count("completed: test error") == 1  # rank 0 alone reports
-

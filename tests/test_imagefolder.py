@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -259,3 +260,56 @@ def test_without_pillow_the_error_says_how_to_install_it(folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` now raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'softsync\[images\]'"):
         load_imagefolder(folder, seed=0)
+
+
+# ----------------------------------------------------------------------------- training on a folder
+
+RUN = dict(dataset="imagefolder", lr=0.01, momentum=0.9, epochs=2, quiet=True, timeout=120)
+
+
+def final_weights(run_dir: Path) -> torch.Tensor:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["server"]["weights"]
+
+
+@pytest.mark.slow
+def test_hardsync_on_random_crops_is_one_learner_of_mu_lambda(folder, tmp_path):
+    """The crop of a sample depends on (seed, epoch, index) only, not on which learner draws it or with whom."""
+    from softsync import train
+
+    options = dict(RUN, data_dir=str(folder), model="cnn-small", protocol="hardsync")
+    two = train(learners=2, batch_size=2, out=str(tmp_path / "two"), **options)
+    one = train(learners=1, batch_size=4, out=str(tmp_path / "one"), **options)
+    assert two["updates"] == one["updates"] == 2 * 3 and 0 <= two["test_error"] <= 1
+    difference = (final_weights(tmp_path / "two") - final_weights(tmp_path / "one")).abs().max().item()
+    assert difference < 1e-5, difference
+
+
+@pytest.mark.slow
+def test_alexnet_trains_on_the_folder_from_the_cli(folder, tmp_path, capsys):
+    from softsync.cli import main
+
+    code = main(
+        ["train", "--dataset=imagefolder", f"--data-dir={folder}", "--model=alexnet", "--protocol=hardsync"]
+        + ["--learners=1", "--batch-size=4", "--epochs=1", "--quiet", f"--out={tmp_path / 'run'}"]
+    )
+    assert code == 0 and "completed: test error" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["updates"] == 3 and summary["config"]["model"] == "alexnet"
+
+
+@pytest.mark.dist
+def test_dist_learners_read_the_folder_themselves_and_compute_what_the_sim_does(folder, tmp_path):
+    from softsync import train
+
+    options = dict(RUN, data_dir=str(folder), model="cnn-small", protocol="hardsync", learners=2, batch_size=2)
+    train(engine="dist", out=str(tmp_path / "dist"), **options)
+    train(engine="sim", out=str(tmp_path / "sim"), **options)
+    difference = (final_weights(tmp_path / "dist") - final_weights(tmp_path / "sim")).abs().max().item()
+    assert difference < 1e-5, difference
+
+
+def test_imagefolder_without_data_dir_is_one_line(capsys):
+    from helpers import fails_with_one_line
+
+    line = fails_with_one_line(["train", "--dataset=imagefolder", "--quiet"], capsys)
+    assert "--dataset imagefolder needs --data-dir" in line
