@@ -52,6 +52,8 @@ def test_file_specs_on_the_cli_train_what_the_python_callables_train(tmp_path, t
         ]
     )
     assert code == 0
+    assert main(["train", f"--resume={tmp_path / 'cli'}", "--epochs=3"]) == 0  # the specs load again from the config
+    assert [record["epoch"] for record in metrics(tmp_path / "cli")] == [1, 2, 3]
     summary = train(
         model=user_task.make_model,
         data=user_task.make_data,
@@ -60,10 +62,11 @@ def test_file_specs_on_the_cli_train_what_the_python_callables_train(tmp_path, t
         **options,
     )
     assert summary["config"]["model"] == "user_task:make_model"  # a reference the learners could import
+    resumed = train(resume=str(tmp_path / "api"), epochs=3)
     assert torch.equal(final_weights(tmp_path / "cli"), final_weights(tmp_path / "api"))
     cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert cli["config"]["model"] == f"{task_file}:make_model"
-    assert cli["test_error"] == summary["test_error"] < 0.2  # the classes are linearly separable
+    assert cli["test_error"] == resumed["test_error"] < 0.2  # the classes are linearly separable
 
 
 def test_hardsync_oracle_holds_for_a_user_model_and_dataset(tmp_path, task_file):
@@ -217,9 +220,9 @@ def test_the_cli_trains_a_user_model_under_dist(tmp_path, task_file, protocol, l
         f"--loss={task_file}:smooth_loss",
     ]
     options = dict(protocol=protocol, learners=learners, timeout=60, **QUICK)
-    for engine in ("dist", "sim"):
-        command = [str(BIN / "softsync"), "train", f"--engine={engine}", *specs, *flags(options)]
-        run_script([*command, f"--out={tmp_path / engine}"], cwd=tmp_path)
+    command = ["train", *specs, *flags(options)]
+    run_script([str(BIN / "softsync"), *command, "--engine=dist", f"--out={tmp_path / 'dist'}"], cwd=tmp_path)
+    assert main([*command, "--engine=sim", f"--out={tmp_path / 'sim'}"]) == 0
     summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["gradients"] == 2 * ((480 // (16 * learners)) * learners)
     if protocol == "hardsync":  # the same computation as the sim's
@@ -242,9 +245,16 @@ def test_a_script_with_factories_in_itself_and_in_a_plain_file_beside_it_runs_un
 
 
 @pytest.mark.dist
-def test_a_user_script_under_torchrun_with_two_nodes_on_loopback(tmp_path, task_file):
+@pytest.mark.parametrize("how", ["script", "cli"])
+def test_a_user_model_under_torchrun_with_two_nodes_on_loopback(tmp_path, task_file, how):
     script = task_file.parent / "train_mine.py"
     script.write_text(SCRIPT)
+    if how == "script":  # the DDP convention: every rank runs the user's script
+        program = [str(script), str(tmp_path / "run"), "3", "hardsync"]
+    else:  # every rank runs softsync's entry point, which loads the specs
+        options = dict(protocol="hardsync", learners=3, out=tmp_path / "run", timeout=60, **QUICK)
+        specs = [f"--model={task_file}:make_model", f"--dataset={task_file}:make_data"]
+        program = ["-m", "softsync.torchrun", *specs, f"--loss={task_file}:smooth_loss", *flags(options)]
     port = str(free_port())
     nodes = [
         subprocess.Popen(
@@ -252,10 +262,7 @@ def test_a_user_script_under_torchrun_with_two_nodes_on_loopback(tmp_path, task_
                 str(BIN / "torchrun"),
                 *f"--nnodes 2 --node-rank {node} --nproc-per-node 2 --master-addr 127.0.0.1 --master-port".split(),
                 port,
-                str(script),
-                str(tmp_path / "run"),
-                "3",
-                "hardsync",
+                *program,
             ],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -267,8 +274,10 @@ def test_a_user_script_under_torchrun_with_two_nodes_on_loopback(tmp_path, task_
     ]
     results = [node.communicate(timeout=180) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], results
-    summary = json.loads(results[0][0].split("SUMMARY ", 1)[1])
-    assert "SUMMARY" not in results[1][0]  # node 1 holds learners only
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    if how == "script":
+        assert json.loads(results[0][0].split("SUMMARY ", 1)[1]) == summary
+        assert "SUMMARY" not in results[1][0]  # node 1 holds learners only
     assert summary["status"] == "completed" and summary["gradients"] == 2 * ((480 // 48) * 3)
     # hardsync under torchrun computes what one learner of μλ computes in the sim
     train(
