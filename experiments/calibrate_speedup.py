@@ -97,7 +97,9 @@ def main() -> None:
     data = load_dataset("fashion-mnist", seed=0)
     small = build_model("paper-cifar10", data.input_shape, data.num_classes, seed=0)
     small_params = count_parameters(small)
-    small_s = gradient_seconds(small, data.train.inputs[: args.batch_size], data.train.targets[: args.batch_size], repeats=50)
+    small_s = gradient_seconds(
+        small, data.train.inputs[: args.batch_size], data.train.targets[: args.batch_size], repeats=50
+    )
     big = alexnet()
     big_params = count_parameters(big)
     images = torch.randn(args.batch_size, 3, 224, 224)
