@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from .rundir import METRICS, SUMMARY, atomic_write_bytes
+from .rundir import METRICS, STATUS, SUMMARY, atomic_write_bytes
 from .server import ParameterServer
+from .telemetry import LearnerCounts, Telemetry
+
+STATUS_EVERY_S = 2.0  # how often a running run refreshes status.json (wall seconds)
 
 
 def json_number(value: float | None) -> float | None:
@@ -44,6 +50,10 @@ class Recorder:
         self.last_test_error: float | None = None  # None also when the model does not classify
         self.last_test_loss: float | None = None
         self.staleness_seen = (0, 0)  # (count, Σ τ) at the previous epoch end
+        self.learners_seen: list[LearnerCounts] | None = None  # per-learner counts at the previous epoch end
+        self.training_seen = 0.0  # training seconds (virtual under sim) at the previous epoch end
+        self.status_seen = (0.0, 0, 0, 0)  # (training s, gradients, staleness count, Σ τ) at the last status
+        self.status_due = 0.0  # time.monotonic() of the next status refresh
         self.progress = tqdm(total=total_gradients, unit="grad", disable=quiet, dynamic_ncols=True, leave=False)
         self.pending_progress = 0
 
@@ -62,10 +72,20 @@ class Recorder:
             self.progress.update(self.pending_progress)
             self.pending_progress = 0
 
+    def training_s(self, virtual_s: float | None) -> float:
+        """Seconds of training so far: virtual under sim; under dist wall time without the epoch ends."""
+        return virtual_s if virtual_s is not None else self.wall_s - self.epoch_end_s
+
     def epoch_end(
-        self, epoch: int, train_loss: float, server: ParameterServer, virtual_s: float | None = None
+        self,
+        epoch: int,
+        train_loss: float,
+        server: ParameterServer,
+        telemetry: Telemetry,
+        virtual_s: float | None = None,
     ) -> float:
         """Evaluate and append the epoch's record to metrics.jsonl; returns the test loss."""
+        training = self.training_s(virtual_s)
         paused = time.perf_counter()
         test_loss, test_error = self.evaluate()
         histogram = server.stats.histogram
@@ -85,7 +105,9 @@ class Recorder:
             "test_loss": json_number(test_loss),
             "test_error": json_number(test_error),
             "staleness_mean": staleness_mean,
+            "learners": telemetry.rows(training - self.training_seen, self.config.batch_size, self.learners_seen),
         }
+        self.learners_seen, self.training_seen = telemetry.snapshot(), training
         if virtual_s is not None:
             record["virtual_s"] = json_number(virtual_s)
         with open(self.out / METRICS, "a") as handle:
@@ -102,11 +124,69 @@ class Recorder:
         )
         return test_loss
 
+    def status(
+        self,
+        state: str,
+        server: ParameterServer,
+        telemetry: Telemetry,
+        live: set[int],
+        epochs_ended: int,
+        now: float,
+        virtual_s: float | None = None,
+        error: str = "",
+    ) -> None:
+        """Write status.json: what the run is doing now (`softsync status` reads it from any shell).
+
+        ``now`` is the engine's clock of the learners' last messages (time.monotonic() under dist,
+        virtual seconds under sim); rates are over the interval since the previous status.
+        """
+        training = self.training_s(virtual_s)
+        histogram = server.stats.histogram
+        count, total = sum(histogram.values()), sum(t * k for t, k in histogram.items())
+        seen_training, seen_gradients, seen_count, seen_total = self.status_seen
+        interval = training - seen_training
+        new = count - seen_count
+        self.status_seen = (training, server.accepted_gradients, count, total)
+        self.status_due = time.monotonic() + STATUS_EVERY_S
+        learners = []
+        for learner, counts in enumerate(telemetry.counts):
+            heard = telemetry.last_heard[learner]
+            learners.append(
+                {
+                    "learner": learner,
+                    "state": "lost" if learner in telemetry.lost else "live" if learner in live else "stopped",
+                    "gradients": counts.gradients,
+                    "last_message_s": None if heard is None else round(max(0.0, now - heard), 3),
+                }
+            )
+        record = {
+            "state": state,
+            "error": error,
+            "updated": time.time(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "engine": self.config.engine,
+            "epoch": epochs_ended,
+            "epochs": self.config.epochs,
+            "updates": server.clock,
+            "gradients": server.accepted_gradients,
+            "rejected_gradients": server.rejected_gradients,
+            "interval_s": interval,
+            "samples_per_s": (server.accepted_gradients - seen_gradients) * self.config.batch_size / interval
+            if interval > 0
+            else 0.0,
+            "staleness_mean": (total - seen_total) / new if new else None,
+            "learners": learners,
+        }
+        atomic_write_bytes(self.out / STATUS, lambda handle: handle.write(json.dumps(record, indent=1).encode()))
+
     def state_dict(self) -> dict:
         return {
             "wall_s": self.wall_s,
             "epoch_end_s": self.epoch_end_s,
             "staleness_seen": self.staleness_seen,
+            "learners_seen": None if self.learners_seen is None else [asdict(c) for c in self.learners_seen],
+            "training_seen": self.training_seen,
             "last_test_error": self.last_test_error,
             "last_test_loss": self.last_test_loss,
             "progress": self.progress.n + self.pending_progress,
@@ -117,18 +197,26 @@ class Recorder:
         self.epoch_end_s = state["epoch_end_s"]
         self.started = time.perf_counter()
         self.staleness_seen = tuple(state["staleness_seen"])
+        seen = state.get("learners_seen")  # absent from checkpoints written before per-learner telemetry
+        self.learners_seen = None if seen is None else [LearnerCounts(**counts) for counts in seen]
+        self.training_seen = state.get("training_seen", 0.0)
         self.last_test_error = state["last_test_error"]
         self.last_test_loss = state.get("last_test_loss")  # absent from checkpoints written before --loss existed
         self.progress.update(state["progress"])
 
     def finish(
-        self, server: ParameterServer, status: str, learner_failures: int = 0, virtual_s: float | None = None
+        self,
+        server: ParameterServer,
+        status: str,
+        telemetry: Telemetry,
+        learner_failures: int = 0,
+        virtual_s: float | None = None,
     ) -> dict:
         """Write summary.json and return it."""
         self.progress.close()
         wall = self.wall_s
         samples = server.accepted_gradients * self.config.batch_size
-        elapsed = virtual_s if virtual_s is not None else wall - self.epoch_end_s
+        elapsed = self.training_s(virtual_s)
         summary = {
             "config": self.config.resolved(),
             "status": status,
@@ -143,6 +231,7 @@ class Recorder:
             "wall_s": round(wall, 4),
             "epoch_end_s": round(self.epoch_end_s, 4),
             "staleness": server.stats.summary(),
+            "learners": telemetry.rows(self.training_s(virtual_s), self.config.batch_size),
         }
         if virtual_s is not None:
             summary["virtual_s"] = json_number(virtual_s)

@@ -5,6 +5,7 @@ metrics.jsonl    one record per epoch (recorder.py)
 summary.json     written when the run ends (recorder.py)
 checkpoint.pt    the state to continue from (checkpoint.py)
 processes.json   dist: who is where, while the run lives
+status.json      what the run is doing, refreshed every few seconds (recorder.py; `softsync status`)
 .lock            held (flock) by the one process that writes the run
 """
 
@@ -25,9 +26,10 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 PROCESSES = "processes.json"
+STATUS = "status.json"
 LOCK = ".lock"
 # what a run stopped before its first checkpoint can have written: removed to start it again
-STALE_FILES = (CONFIG, METRICS, PROCESSES, CHECKPOINT + ".tmp", METRICS + ".tmp")
+STALE_FILES = (CONFIG, METRICS, PROCESSES, STATUS, CHECKPOINT + ".tmp", METRICS + ".tmp", STATUS + ".tmp")
 
 
 class RunLock:

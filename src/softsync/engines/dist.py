@@ -4,7 +4,8 @@ data server, ranks 1..λ are learners 0..λ-1.
 Every message is one contiguous float32 buffer, sent whole, never pickled. Its first HEADER slots
 are a header read as int32 (a float32 slot holds any int32's bits exactly):
 
-    learner → server: [kind, learner, timestamp, epoch, index, 0, 0, loss (float32)] + gradient
+    learner → server: [kind, learner, timestamp, epoch, index, compute s, wait s, loss (the last three float32)]
+                      + gradient
     server → learner: [kind, clock, epoch, index, 0, 0, 0, 0] + μ sample indices (int32) + weights
 
 A learner's model lives inside its two buffers (weights in the receive buffer, gradients in the
@@ -40,7 +41,7 @@ from ..models import count_parameters
 
 HEADER = 8
 PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
-LOSS_SLOT = 7
+COMPUTE_SLOT, WAIT_SLOT, LOSS_SLOT = 5, 6, 7  # float32 slots of a push: its step's seconds, its loss
 
 
 class JoinTimeout(RunError):
@@ -201,12 +202,16 @@ class DistServer:
             self.recorder.start_clock()
         kind, sender, timestamp, epoch, index = self.receive_headers[learner][:5].tolist()
         self.deadline.pop(learner, None)
+        telemetry = self.coordinator.telemetry
+        telemetry.heard(learner, time.monotonic())
         if sender != learner or kind not in (PULL, PUSH):
             outcome = self.coordinator.reject(learner, f"a malformed header (kind {kind}, learner {sender})")
         elif kind == PULL:
             outcome = self.coordinator.pull(learner)
         else:
-            loss = float(float_header(self.receive[learner])[LOSS_SLOT])
+            header = float_header(self.receive[learner])
+            telemetry.timed(learner, float(header[COMPUTE_SLOT]), float(header[WAIT_SLOT]))
+            loss = float(header[LOSS_SLOT])
             outcome = self.coordinator.push(learner, self.receive[learner][HEADER:], timestamp, epoch, index, loss)
             if outcome.accepted:
                 self.recorder.gradient_applied()
@@ -231,13 +236,19 @@ class DistServer:
     def end_epoch(self, epoch: int, train_loss: float) -> float:
         """Evaluate (under the lock: training pauses, so it is not timed) and record the epoch."""
         paused = time.monotonic()
-        test_loss = self.recorder.epoch_end(epoch, train_loss, self.server)
+        test_loss = self.recorder.epoch_end(epoch, train_loss, self.server, self.coordinator.telemetry)
         pause = time.monotonic() - paused
         if pause >= 2 * self.timeout:  # gloo's timeout: the learner that ended the epoch has given up
             raise RunError(epoch_end_too_long(epoch, pause, self.timeout))
         for learner in self.deadline:  # evaluation paused the server, not the learners' duty to answer
             self.deadline[learner] += pause
         return test_loss
+
+    def report_status(self, state: str, error: str = "") -> None:
+        """status.json; call under the lock (or once the learners are gone)."""
+        coordinator, now = self.coordinator, time.monotonic()  # the clock of telemetry.heard
+        live, ended = coordinator.live, coordinator.data.ended
+        self.recorder.status(state, self.server, coordinator.telemetry, live, ended, now, error=error)
 
     def state_dict(self) -> dict:
         """Nothing: a resumed dist run has new learner processes (Coordinator.restart_learners)."""
@@ -257,8 +268,11 @@ class DistServer:
             reader.start()
         first_deadline = time.monotonic() + self.timeout  # every learner's first pull
         with self.lock:
+            self.report_status("running")
             while not self.coordinator.finished and self.failure is None:
                 now = time.monotonic()
+                if now >= self.recorder.status_due:
+                    self.report_status("running")
                 due = min(self.deadline.values(), default=first_deadline if not self.started else now + self.timeout)
                 if now >= due and not self.started:
                     self.fail(f"no learner sent its first pull within {self.timeout:g} s")
@@ -268,6 +282,7 @@ class DistServer:
                     self.end_hung(late)
                 if not self.coordinator.finished and self.failure is None:
                     due = min(self.deadline.values(), default=now + self.timeout)
+                    due = min(due, self.recorder.status_due)
                     self.changed.wait(timeout=max(0.0, due - time.monotonic()))
             if self.failure is not None:
                 raise RunError(self.failure)
@@ -300,24 +315,28 @@ class DistLearner:
         self.slowdown = max(speeds) / speeds[learner_id % len(speeds)] - 1.0
 
     def run(self) -> None:
-        header_in, header_out, loss_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
+        header_in, header_out, floats_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
         header_out[0], header_out[1] = PULL, self.learner_id
+        waiting = time.perf_counter()
         self.exchange(send=True)
         while True:
             self.exchange(send=False)
+            started = time.perf_counter()
             kind, clock, epoch, index = header_in[:4].tolist()
             if kind == STOP:
                 return
             if kind != WEIGHTS:
                 raise RunError(f"the server sent a malformed header (kind {kind})")
-            started = time.perf_counter()
             inputs, targets = self.batch(self.samples.long(), epoch)
             seed = batch_seed(self.config.seed, epoch, index)
             _, loss = self.learner.gradient(self.learner.weights, inputs, targets, seed)
             if self.slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
                 time.sleep((time.perf_counter() - started) * self.slowdown)
             header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
-            loss_out[LOSS_SLOT] = loss
+            finished = time.perf_counter()
+            floats_out[COMPUTE_SLOT], floats_out[WAIT_SLOT] = finished - started, started - waiting
+            floats_out[LOSS_SLOT] = loss
+            waiting = finished
             self.exchange(send=True)
 
     def exchange(self, send: bool) -> None:

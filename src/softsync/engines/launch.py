@@ -44,6 +44,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     """
     rank: int | str = os.environ.get("RANK", "?")  # for the error line, even before it is parsed
     out: Path | None = None
+    server: DistServer | None = None
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != config.learners + 1:
@@ -77,13 +78,22 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             server.checkpointer.restore(checkpoint)
             server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
         status = server.serve()
-        summary = parts.recorder.finish(parts.server, status, server.coordinator.learner_failures)
+        coordinator = server.coordinator
+        summary = parts.recorder.finish(parts.server, status, coordinator.telemetry, coordinator.learner_failures)
+        server.report_status(status)
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()
         return summary
     except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
+        if server is not None:  # rank 0: say how the run ended, for `softsync status`
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            message = "" if interrupted else str(error) if isinstance(error, SoftsyncError) else short(error)
+            try:
+                server.report_status("interrupted" if interrupted else "failed", message)
+            except Exception:  # noqa: S110 - the error being reported matters more than the status file
+                pass
         # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
         consequence = isinstance(error, (ServerLost, JoinTimeout)) and rank != 0 and os.environ.get(SUPERVISED)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):

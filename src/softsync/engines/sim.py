@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,7 @@ from ..config import TrainConfig
 from ..coordinator import Outcome, Work
 from ..data import batch_seed
 from ..datasets import batcher
+from ..errors import first_line
 from ..rundir import open_run_dir
 
 PUSH_SEND, PUSH_ARRIVE = 1, 2  # a learner's gradient is computed and leaves / reaches the server
@@ -92,6 +94,7 @@ class SimEngine:
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
         self.sequence = 0
         self.held: dict[int, Held] = {}
+        self.idle_since: dict[int, float] = {}  # learner -> when it sent its last push (or the run began)
 
     def schedule(self, time: float, kind: int, learner: int) -> None:
         heapq.heappush(self.events, (time, self.sequence, kind, learner))
@@ -105,16 +108,23 @@ class SimEngine:
 
     def run(self) -> str:
         """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
+        self.report_status("running")
         self.carry_out(self.coordinator.start())
+        handled = 0
         while self.events and not self.coordinator.stopping:
+            handled += 1
+            if handled % 256 == 0 and time.monotonic() >= self.recorder.status_due:
+                self.report_status("running")
             self.now, _, kind, learner = heapq.heappop(self.events)
             if kind == PUSH_SEND:
+                self.idle_since[learner] = self.now
                 self.schedule(self.transfer(), PUSH_ARRIVE, learner)
             else:
                 self.push(learner)
         return self.coordinator.status
 
     def push(self, learner: int) -> None:
+        self.coordinator.telemetry.heard(learner, self.now)
         held = self.held.pop(learner)
         work = self.coordinator.in_flight[learner]
         outcome = self.coordinator.push(
@@ -139,10 +149,27 @@ class SimEngine:
         gradient, loss = self.learner.gradient(self.server.weights, inputs, targets, seed)
         self.held[learner] = Held(gradient.clone(), loss)
         compute_start = self.transfer()  # the weights reach the learner
-        self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
+        compute_time = self.times.compute_time(learner)
+        waited = compute_start - self.idle_since.get(learner, self.now)  # for the link, the server, the round
+        self.coordinator.telemetry.timed(learner, compute_time, waited)
+        self.schedule(compute_start + compute_time, PUSH_SEND, learner)
+
+    def report_status(self, state: str, error: str = "") -> None:
+        """status.json, in virtual time (a learner's last message age is virtual seconds too)."""
+        coordinator = self.coordinator
+        self.recorder.status(
+            state,
+            self.server,
+            coordinator.telemetry,
+            coordinator.live,
+            coordinator.data.ended,
+            self.now,
+            virtual_s=self.now,
+            error=error,
+        )
 
     def end_epoch(self, epoch: int, train_loss: float) -> float:
-        return self.recorder.epoch_end(epoch, train_loss, self.server, virtual_s=self.now)
+        return self.recorder.epoch_end(epoch, train_loss, self.server, self.coordinator.telemetry, virtual_s=self.now)
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
@@ -153,6 +180,7 @@ class SimEngine:
             "sequence": self.sequence,
             "held": {learner: {"gradient": h.gradient.clone(), "loss": h.loss} for learner, h in self.held.items()},
             "rngs": [rng.getstate() for rng in self.times.rngs],
+            "idle_since": dict(self.idle_since),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -164,6 +192,7 @@ class SimEngine:
         self.held = {int(learner): Held(h["gradient"], h["loss"]) for learner, h in state["held"].items()}
         for rng, rng_state in zip(self.times.rngs, state["rngs"], strict=True):
             rng.setstate(rng_state)
+        self.idle_since = {int(learner): t for learner, t in state.get("idle_since", {}).items()}
 
 
 def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = None) -> dict:
@@ -182,5 +211,15 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
         if checkpoint is not None:
             checkpointer.restore(checkpoint)
         engine.checkpointer = checkpointer
-        status = engine.run()
-        return parts.recorder.finish(parts.server, status, engine.coordinator.learner_failures, virtual_s=engine.now)
+        try:
+            status = engine.run()
+        except BaseException as error:
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            engine.report_status("interrupted" if interrupted else "failed", "" if interrupted else first_line(error))
+            raise
+        coordinator = engine.coordinator
+        summary = parts.recorder.finish(
+            parts.server, status, coordinator.telemetry, coordinator.learner_failures, virtual_s=engine.now
+        )
+        engine.report_status(status)
+        return summary
