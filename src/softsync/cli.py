@@ -1,4 +1,4 @@
-"""The `softsync` command: train, sweep, plot.
+"""The `softsync` command: train, sweep, plot, status.
 
 Every user error (bad flag, bad config value, missing data, unusable run directory) ends
 with one line on stderr and exit code 2.
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="sim runs to run at once, one core each (dist runs always run alone; default: 1)",
     )
+    status = commands.add_parser("status", help="what a run is doing (running, finished or failed), from any shell")
+    status.add_argument("run", metavar="RUN_DIR")
     plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", default=None, help="where to write the PNGs (default: the first run directory)")
@@ -120,6 +122,13 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_status(args: argparse.Namespace) -> int:
+    from .status import describe
+
+    print(describe(args.run))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `softsync` command; a Ctrl-C at any moment ends it with one line and exit 130."""
     try:
@@ -138,6 +147,8 @@ def run_command(argv: list[str] | None) -> int:
             return run_train(args)
         if args.command == "plot":
             return run_plot(args)
+        if args.command == "status":
+            return run_status(args)
         return run_sweep(args)
     except SoftsyncError as error:
         return report(error)
