@@ -39,8 +39,8 @@ test-quick: setup
 
 # ruff (lint and format, line length 120) and mypy over src/, configured in pyproject.toml; CI runs it first
 lint: setup
-	$(VENV)/bin/ruff check src tests bench experiments
-	$(VENV)/bin/ruff format --check src tests bench experiments
+	$(VENV)/bin/ruff check src tests bench experiments examples
+	$(VENV)/bin/ruff format --check src tests bench experiments examples
 	$(VENV)/bin/mypy
 
 # each benchmark prints ratios measured side by side in one run; figures in docs/benchmarks.md

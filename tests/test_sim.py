@@ -233,8 +233,8 @@ def test_a_rejected_gradient_is_redone_and_its_batch_used_once(tmp_path, synthet
     original = Learner.gradient
     calls = {"n": 0}
 
-    def sometimes_nan(self, weights, inputs, targets):
-        gradient, loss = original(self, weights, inputs, targets)
+    def sometimes_nan(self, weights, inputs, targets, seed=None):
+        gradient, loss = original(self, weights, inputs, targets, seed)
         calls["n"] += 1
         if calls["n"] % 7 == 0:
             gradient[0] = float("nan")

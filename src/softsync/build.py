@@ -76,7 +76,7 @@ def load_data(config: TrainConfig, given: Given | None = None) -> Dataset:
     return from_factory(splits, config.dataset)
 
 
-def load_task(config: TrainConfig, given: Given | None = None, data: Dataset | None = None) -> Task:
+def load_task(config: TrainConfig, given: Given | None = None) -> Task:
     """The run's Task from its config (and the objects ``given`` to softsync.train), checked on one mini-batch.
 
     Every problem is a ConfigError of one line naming the spec, raised before a process starts
@@ -84,7 +84,7 @@ def load_task(config: TrainConfig, given: Given | None = None, data: Dataset | N
     thing, data that does not batch, a model that cannot take it, a loss that is not a scalar.
     """
     given = given or {}
-    data = data if data is not None else load_data(config, given)
+    data = load_data(config, given)
     model_source = given.get("model")
     if model_source is None and not specs.is_reference(config.model):
         _require_loadable(config.model, "--model", "model")
