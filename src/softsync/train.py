@@ -82,8 +82,6 @@ def given_objects(model: Any, data: Any, loss: Any, options: dict) -> dict[str, 
     for name, value in (("model", model), ("dataset", data), ("loss", loss)):
         if value is None:
             continue
-        if name in options:
-            raise ConfigError(f"give {'data' if name == 'dataset' else name}= or {name}=, not both")
         if isinstance(value, str):
             options[name] = value
             continue
