@@ -44,7 +44,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     """
     rank: int | str = os.environ.get("RANK", "?")  # for the error line, even before it is parsed
     out: Path | None = None
-    server: DistServer | None = None
+    serving: DistServer | None = None  # rank 0 once the run is under way (a refused start leaves no status)
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != config.learners + 1:
@@ -77,6 +77,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         if checkpoint is not None:
             server.checkpointer.restore(checkpoint)
             server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
+        serving = server
         status = server.serve()
         coordinator = server.coordinator
         summary = parts.recorder.finish(parts.server, status, coordinator.telemetry, coordinator.learner_failures)
@@ -87,11 +88,11 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
-        if server is not None:  # rank 0: say how the run ended, for `softsync status`
+        if serving is not None:  # rank 0: say how the run ended, for `softsync status`
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             message = "" if interrupted else str(error) if isinstance(error, SoftsyncError) else short(error)
             try:
-                server.report_status("interrupted" if interrupted else "failed", message)
+                serving.report_status("interrupted" if interrupted else "failed", message)
             except Exception:  # noqa: S110 - the error being reported matters more than the status file
                 pass
         # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
