@@ -9,9 +9,12 @@ are a header read as int32 (a float32 slot holds any int32's bits exactly):
     server → learner: [kind, clock, epoch, index, 0, 0, 0, 0] + μ sample indices (int32) + weights
 
 A learner's model lives inside its two buffers (weights in the receive buffer, gradients in the
-send buffer), so a step copies nothing per parameter. The server reads each learner's messages on
-a thread of its own, so a lost learner is noticed at once without disturbing the others, and it
-carries out what the coordinator decides, as the sim engine does: the semantics live there.
+send buffer), so a step copies nothing per parameter. With --device cuda the two buffers stay on
+the host (pinned) and the model on the learner's GPU: a step copies the weights in and the
+gradient out, one contiguous copy each; the server stays on the CPU. The server reads each
+learner's messages on a thread of its own, so a lost learner is noticed at once without
+disturbing the others, and it carries out what the coordinator decides, as the sim engine does:
+the semantics live there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..coordinator import Outcome, Work
 from ..data import batch_seed
 from ..datasets import batcher
 from ..errors import RunError, ServerLost, SoftsyncError
-from ..learner import Learner
+from ..learner import Learner, learner_device
 from ..models import count_parameters
 
 HEADER = 8
@@ -301,13 +304,26 @@ class DistLearner:
         torch.set_num_threads(config.threads_per_learner)
         self.config = config
         self.learner_id = learner_id
+        # LOCAL_RANK (torchrun's) is this rank's index on its node: the learners of a node spread over its GPUs
+        # whatever their global ranks. On the server's node the server holds a local rank but no GPU, so its
+        # learners start at local rank 1 and the modulo wraps around to GPU 0. A local launch sets no LOCAL_RANK:
+        # every rank is on this host, and the learner id is its index here. Under torchrun this is where a node
+        # without a GPU is found: the error names it.
+        host = f"the host of rank {learner_id + 1} ({socket.gethostname()})"
+        device = learner_device(config.device, int(os.environ.get("LOCAL_RANK", learner_id)), host)
         task = load_task(config)
         self.batch = batcher(task.data.train)
         size = count_parameters(task.model)
-        self.inbox = torch.empty(HEADER + config.batch_size + size)
-        self.outbox = torch.zeros(HEADER + size)
+        # the transport's buffers are on the host (gloo carries CPU tensors), pinned for the copies to a GPU
+        pinned = device.type == "cuda"
+        self.inbox = torch.empty(HEADER + config.batch_size + size, pin_memory=pinned)
+        self.outbox = torch.zeros(HEADER + size, pin_memory=pinned)
         self.learner = Learner(
-            task.model, task.loss, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:]
+            task.model,
+            task.loss,
+            weights=self.inbox[HEADER + config.batch_size :],
+            gradients=self.outbox[HEADER:],
+            device=device,
         )
         self.samples = self.inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
         # speeds are relative: the fastest learner runs flat out, a learner at half its speed sleeps

@@ -24,6 +24,7 @@ from ..build import batches_per_epoch, build_components, load_task
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, make_config
 from ..errors import ConfigError, RunError, ServerLost, SoftsyncError, UserError, report
+from ..learner import require_device
 from ..processes import dying_with_parent, end_processes, ended_by_signals, exit_code_within
 from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
 from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, JoinTimeout, init, short
@@ -241,8 +242,10 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    # too many learners, a bad model, data, loss or batch size: exit 2 before any process starts or the run
-    # directory exists
+    # no GPU for --device cuda, too many learners, a bad model, data, loss or batch size: exit 2 before any process
+    # starts or the run directory exists (the learners run on this host; under torchrun each learner rank checks
+    # its own node's GPUs, in DistLearner)
+    require_device(config.device)
     require_local_processes(config.learners)
     batches_per_epoch(config, len(load_task(config).data.train))  # type: ignore[arg-type]
     config, out, lock = open_run_dir(config, checkpoint)

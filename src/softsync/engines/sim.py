@@ -9,10 +9,16 @@ coordinator answers it, on the server's weights of that moment (the weights it p
 until its push event: the same result as keeping a snapshot per learner, without copying the
 weights λ times. Events at equal times run in the order they were scheduled, so a seed fixes the
 run exactly.
+
+With --device cuda the server and evaluation stay on the CPU, and one learner on the GPU (a copy
+of the model) computes every learner's gradient: the server's weights are copied in for each
+gradient and the gradient copied back. On the CPU that learner is the server's own (its model
+lives in the server's weights): nothing is copied.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import random
 import time
@@ -27,6 +33,7 @@ from ..coordinator import Outcome, Work
 from ..data import batch_seed
 from ..datasets import batcher
 from ..errors import first_line
+from ..learner import Learner, learner_device, require_device
 from ..rundir import open_run_dir
 
 PUSH_SEND, PUSH_ARRIVE = 1, 2  # a learner's gradient is computed and leaves / reaches the server
@@ -84,6 +91,10 @@ class SimEngine:
 
     def __init__(self, parts: Components, times: StepTimeModel) -> None:
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
+        if parts.config.device != "cpu":
+            device = learner_device(parts.config.device, 0)
+            self.learner = Learner(copy.deepcopy(parts.task.model), parts.task.loss, device=device)
+        self.evaluated_model = parts.learner.model  # evaluation's (on the CPU)
         self.batch = batcher(parts.task.data.train)
         self.seed = parts.config.seed
         self.times = times
@@ -169,6 +180,12 @@ class SimEngine:
         )
 
     def end_epoch(self, epoch: int, train_loss: float) -> float:
+        if self.learner.model is not self.evaluated_model:
+            # the weights are the server's; a model's buffers (batch norm's running statistics) are the learner's,
+            # which on the CPU is the evaluated model itself
+            with torch.no_grad():
+                for mine, its in zip(self.evaluated_model.buffers(), self.learner.model.buffers(), strict=True):
+                    mine.copy_(its)
         return self.recorder.epoch_end(epoch, train_loss, self.server, self.coordinator.telemetry, virtual_s=self.now)
 
     def state_dict(self) -> dict:
@@ -200,11 +217,14 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
 
     ``given``: the Python objects softsync.train was given in place of the model, data or loss.
     """
+    require_device(config.device)  # no GPU: exit 2 before anything is loaded or written
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
     task = load_task(config, given)
     batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]  # before the run directory exists
     config, out, lock = open_run_dir(config, checkpoint)
-    with lock, torch.random.fork_rng(devices=[]):  # gradients seed torch's RNG (batch_seed): not the caller's
+    # gradients seed torch's RNG (batch_seed), the CPU's and every GPU's (torch.manual_seed): not the caller's
+    gpus = list(range(torch.cuda.device_count())) if config.device == "cuda" else []
+    with lock, torch.random.fork_rng(devices=gpus):
         parts = build_components(config, out, task)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
         checkpointer = parts.checkpointer(engine.coordinator, engine)
