@@ -7,6 +7,7 @@ them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import specs
+from .. import board, specs
 from ..build import batches_per_epoch, build_components, load_task
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, make_config
@@ -57,6 +58,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             if prepared:  # a local launch: the launcher holds the run directory's lock
                 out = Path(str(config.out))
             else:  # torchrun: this rank holds the lock for the life of the process
+                board.require(config)
                 config, out, _lock = open_run_dir(config, checkpoint)
             parts = build_components(config, out, load_task(config))
         else:
@@ -76,6 +78,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         server.checkpointer = parts.checkpointer(server.coordinator, server)
         if checkpoint is not None:
             server.checkpointer.restore(checkpoint)
+            parts.recorder.resume(parts.server.clock)
             server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
         status = server.serve()
         coordinator = server.coordinator
@@ -88,6 +91,8 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
         if server is not None:  # rank 0: say how the run ended, for `softsync status`
+            with contextlib.suppress(Exception):  # the event file is complete on disk before os._exit
+                server.recorder.close()
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             message = "" if interrupted else str(error) if isinstance(error, SoftsyncError) else short(error)
             try:
@@ -240,8 +245,9 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    # too many learners, a bad model, data, loss or batch size: exit 2 before any process starts or the run
-    # directory exists
+    # too many learners, no tensorboard for --tensorboard, a bad model, data, loss or batch size: exit 2 before any
+    # process starts or the run directory exists
+    board.require(config)
     require_local_processes(config.learners)
     batches_per_epoch(config, len(load_task(config).data.train))  # type: ignore[arg-type]
     config, out, lock = open_run_dir(config, checkpoint)
