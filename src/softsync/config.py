@@ -144,6 +144,12 @@ class TrainConfig:
         "sim: one GPU); the server and evaluation stay on the CPU",
     )
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
+    tensorboard: bool = _opt(
+        False, "write TensorBoard event files to RUN_DIR/tensorboard/ (needs pip install 'softsync[tensorboard]')"
+    )
+    log_every: int = _opt(
+        100, "--tensorboard: the interval, in updates, of the train/* scalars (samples/s, staleness, rejections), >= 1"
+    )
     quiet: bool = _opt(False, "no progress bar")
 
     def resolved(self) -> dict:
@@ -347,6 +353,7 @@ def validate(config: TrainConfig) -> None:
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
+    require(config.log_every >= 1, f"--log-every {config.log_every}: must be >= 1 (updates between train/* scalars)")
     if config.learner_speeds:
         require(
             len(config.learner_speeds) == config.learners,

@@ -217,7 +217,7 @@ class DistServer:
             loss = float(header[LOSS_SLOT])
             outcome = self.coordinator.push(learner, self.receive[learner][HEADER:], timestamp, epoch, index, loss)
             if outcome.accepted:
-                self.recorder.gradient_applied()
+                self.recorder.gradient_applied(self.server)
         if outcome.rejected:
             what = "a gradient" if outcome.rejected_gradient else "a message"
             self.warn(f"rejected {what} of {describe(learner)}: {outcome.rejected}")

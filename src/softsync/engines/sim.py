@@ -18,6 +18,7 @@ lives in the server's weights): nothing is copied.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import heapq
 import random
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import board
 from ..build import Components, Given, batches_per_epoch, build_components, load_task
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
@@ -142,7 +144,7 @@ class SimEngine:
             learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss
         )
         if outcome.accepted:
-            self.recorder.gradient_applied()
+            self.recorder.gradient_applied(self.server, self.now)
         self.carry_out(outcome)
 
     def carry_out(self, outcome: Outcome) -> None:
@@ -219,6 +221,7 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
     """
     require_device(config.device)  # no GPU: exit 2 before anything is loaded or written
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    board.require(config)
     task = load_task(config, given)
     batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]  # before the run directory exists
     config, out, lock = open_run_dir(config, checkpoint)
@@ -230,10 +233,13 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
         checkpointer = parts.checkpointer(engine.coordinator, engine)
         if checkpoint is not None:
             checkpointer.restore(checkpoint)
+            parts.recorder.resume(parts.server.clock)
         engine.checkpointer = checkpointer
         try:
             status = engine.run()
         except BaseException as error:
+            with contextlib.suppress(Exception):  # the error being reported matters more than the event file
+                parts.recorder.close()
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             engine.report_status("interrupted" if interrupted else "failed", "" if interrupted else first_line(error))
             raise
