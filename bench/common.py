@@ -28,8 +28,9 @@ def plain_loop(model_name: str, dataset, steps: int, batch_size: int, seed: int 
     return time.perf_counter() - start
 
 
-def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, protocol: str = "async") -> float:
-    """samples/s of a dist run on Fashion-MNIST (start-up and epoch-end evaluation left out)."""
+def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, protocol: str = "async", **options) -> float:
+    """samples/s of a dist run on Fashion-MNIST (start-up and epoch-end evaluation left out); ``options``: more
+    `softsync.train` options."""
     with tempfile.TemporaryDirectory() as out:
         summary = train(
             engine="dist",
@@ -43,5 +44,6 @@ def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, proto
             eval_samples=100,
             quiet=True,
             out=f"{out}/run",
+            **options,
         )
     return summary["samples_per_s"]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import specs
+from .board import Board
 from .checkpoint import Checkpointer, Stateful
 from .config import TrainConfig
 from .coordinator import Coordinator, EndEpoch
@@ -22,6 +23,7 @@ from .errors import ConfigError, UserError, first_line
 from .learner import LOSSES, Learner, Loss, evaluate
 from .models import build_model, seeded
 from .recorder import Recorder
+from .rundir import TENSORBOARD
 from .server import ParameterServer
 
 
@@ -198,5 +200,6 @@ def build_components(config: TrainConfig, out: Path, task: Task) -> Components:
     def evaluate_model() -> tuple[float, float | None]:
         return evaluate(model, test, task.loss, limit=limit)
 
-    recorder = Recorder(out, config, evaluate_model, per_epoch * config.epochs, quiet=config.quiet)
+    board = Board(out / TENSORBOARD) if config.tensorboard else None
+    recorder = Recorder(out, config, evaluate_model, per_epoch * config.epochs, quiet=config.quiet, board=board)
     return Components(config, out, task, learner, server, data, recorder)

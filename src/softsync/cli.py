@@ -1,4 +1,4 @@
-"""The `softsync` command: train, sweep, plot.
+"""The `softsync` command: train, sweep, plot, report, status.
 
 Every user error (bad flag, bad config value, missing data, unusable run directory) ends
 with one line on stderr and exit code 2.
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--out",
         default=None,
-        help="where the runs, results.csv, results.md and figures go (default: runs/sweep-<experiment>)",
+        help="where the runs, results.csv, results.md, figures and report.html go (default: runs/sweep-<experiment>)",
     )
     sweep.add_argument(
         "--data-dir",
@@ -66,9 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="sim runs to run at once, one core each (dist runs always run alone; default: 1)",
     )
-    plot = commands.add_parser("plot", help="plot test error and staleness of run directories")
+    status = commands.add_parser("status", help="what a run is doing (running, finished or failed), from any shell")
+    status.add_argument("run", metavar="RUN_DIR")
+    plot = commands.add_parser("plot", help="plot test error, staleness and per-learner figures of run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", default=None, help="where to write the PNGs (default: the first run directory)")
+    report = commands.add_parser("report", help="one self-contained HTML page about run directories")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.html",
+        help="the page to write (default, for one run: RUN_DIR/report.html; required for several)",
+    )
     return parser
 
 
@@ -120,6 +130,20 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.runs, args.out))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .status import describe
+
+    print(describe(args.run))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `softsync` command; a Ctrl-C at any moment ends it with one line and exit 130."""
     try:
@@ -138,6 +162,10 @@ def run_command(argv: list[str] | None) -> int:
             return run_train(args)
         if args.command == "plot":
             return run_plot(args)
+        if args.command == "report":
+            return run_report(args)
+        if args.command == "status":
+            return run_status(args)
         return run_sweep(args)
     except SoftsyncError as error:
         return report(error)

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import specs
 from .datasets import DATASETS
 from .errors import ConfigError
-from .learner import LOSSES
+from .learner import DEVICES, LOSSES
 from .models import MODELS
 from .protocol import Protocol, ProtocolError, parse_protocol
 from .staleness import POLICIES
@@ -138,7 +138,18 @@ class TrainConfig:
         120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer"
     )
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
+    device: str = _opt(
+        "cpu",
+        "cpu or cuda: where each learner computes (dist: learner k on GPU LOCAL_RANK or k, mod the GPUs; "
+        "sim: one GPU); the server and evaluation stay on the CPU",
+    )
     eval_samples: int = _opt(0, "evaluate on the first N test samples (0: the whole test set)")
+    tensorboard: bool = _opt(
+        False, "write TensorBoard event files to RUN_DIR/tensorboard/ (needs pip install 'softsync[tensorboard]')"
+    )
+    log_every: int = _opt(
+        100, "--tensorboard: the interval, in updates, of the train/* scalars (samples/s, staleness, rejections), >= 1"
+    )
     quiet: bool = _opt(False, "no progress bar")
 
     def resolved(self) -> dict:
@@ -336,9 +347,13 @@ def validate(config: TrainConfig) -> None:
         1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,
         f"--threads-per-learner {config.threads_per_learner}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
     )
+    # the name only: whether this machine has a GPU is checked by each process that computes on it, at its start
+    # (learner.require_device): under torchrun a learner's node may have one where the launching node has none
+    require(config.device in DEVICES, f"--device {config.device!r} is unknown: use cpu or cuda")
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
+    require(config.log_every >= 1, f"--log-every {config.log_every}: must be >= 1 (updates between train/* scalars)")
     if config.learner_speeds:
         require(
             len(config.learner_speeds) == config.learners,

@@ -30,6 +30,7 @@ import torch
 from .data import Batch, DataServer
 from .protocol import PullGate
 from .server import ParameterServer
+from .telemetry import Telemetry
 
 # the engine's end of an epoch: (epoch, its mean training loss) -> test loss (it evaluates, it records)
 EndEpoch = Callable[[int, float], float]
@@ -96,6 +97,7 @@ class Coordinator:
         self.loss_count: dict[int, int] = {}
         self.status = "completed"  # or "diverged"
         self.stopping = False
+        self.telemetry = Telemetry(learners)  # per learner: what the protocol decided; the engine adds time
 
     # -- events ----------------------------------------------------------------------------------
     def pull(self, learner: int) -> Outcome:
@@ -137,7 +139,10 @@ class Coordinator:
         del self.in_flight[learner]
         result = self.server.push(gradient, timestamp, learner)
         outcome.accepted, outcome.updated = result.accepted, result.updated
-        if not result.accepted:
+        if result.accepted:
+            self.telemetry.applied(learner, result.staleness)
+        else:
+            self.telemetry.rejected(learner)
             outcome.rejected, outcome.rejected_gradient = result.reason, True
             self.data.give_back(work.batch)
             self.consecutive_rejections += 1
@@ -171,6 +176,7 @@ class Coordinator:
         outcome = outcome if outcome is not None else Outcome()
         outcome.rejected = problem
         self.server.reject(problem)
+        self.telemetry.rejected(learner)
         work = self.in_flight.pop(learner, None)
         if work is not None:
             self.data.give_back(work.batch)
@@ -185,6 +191,7 @@ class Coordinator:
         self.live.discard(learner)
         self.parked.discard(learner)
         self.learner_failures += 1
+        self.telemetry.lose(learner)
         work = self.in_flight.pop(learner, None)
         if work is not None:
             self.data.give_back(work.batch)
@@ -220,6 +227,7 @@ class Coordinator:
         self.parked.clear()
         self.live.clear()
         self.live.update(range(self.learners))
+        self.telemetry.restart()
         self.server.set_learners(self.learners)
         if self.server.protocol.blocking:
             self.server.apply_update()
@@ -286,6 +294,7 @@ class Coordinator:
             "consecutive_rejections": self.consecutive_rejections,
             "loss_sum": dict(self.loss_sum),
             "loss_count": dict(self.loss_count),
+            "telemetry": self.telemetry.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -299,3 +308,5 @@ class Coordinator:
         self.consecutive_rejections = state["consecutive_rejections"]
         self.loss_sum = dict(state["loss_sum"])
         self.loss_count = dict(state["loss_count"])
+        if "telemetry" in state:  # absent from checkpoints written before per-learner telemetry
+            self.telemetry.load_state_dict(state["telemetry"])

@@ -5,6 +5,8 @@ metrics.jsonl    one record per epoch (recorder.py)
 summary.json     written when the run ends (recorder.py)
 checkpoint.pt    the state to continue from (checkpoint.py)
 processes.json   dist: who is where, while the run lives
+status.json      what the run is doing, refreshed every few seconds (recorder.py; `softsync status`)
+tensorboard/     --tensorboard: TensorBoard event files, one per session (board.py)
 .lock            held (flock) by the one process that writes the run
 """
 
@@ -25,9 +27,12 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 PROCESSES = "processes.json"
+STATUS = "status.json"
+TENSORBOARD = "tensorboard"  # a directory
+EVENT_FILES = "events.out.tfevents.*"  # what softsync writes in it
 LOCK = ".lock"
 # what a run stopped before its first checkpoint can have written: removed to start it again
-STALE_FILES = (CONFIG, METRICS, PROCESSES, CHECKPOINT + ".tmp", METRICS + ".tmp")
+STALE_FILES = (CONFIG, METRICS, PROCESSES, STATUS, CHECKPOINT + ".tmp", METRICS + ".tmp", STATUS + ".tmp")
 
 
 class RunLock:
@@ -94,6 +99,10 @@ def create_run_dir(path: str | Path, config: Any) -> tuple[Path, RunLock]:
         if run_progress(out) == "stale":
             for name in STALE_FILES:
                 (out / name).unlink(missing_ok=True)
+            for events in (out / TENSORBOARD).glob(EVENT_FILES):
+                events.unlink(missing_ok=True)
+            if (out / TENSORBOARD).is_dir() and not any((out / TENSORBOARD).iterdir()):
+                (out / TENSORBOARD).rmdir()
         if any((out / name).exists() for name in (METRICS, SUMMARY, CHECKPOINT, CONFIG)):
             raise RunDirError(
                 f"--out {str(out)!r} already holds a run: choose another directory or continue it with --resume"

@@ -13,6 +13,7 @@ An experiment file is TOML::
 
 ``[[grid]]`` (several tables) runs the union of their products. Every run is its own
 ``softsync train`` process writing ``OUT/runs/<name>``; its output goes to ``OUT/logs/<name>.log``.
+Then OUT gets results.csv, results.md, the figures and report.html (report.py; every finished run).
 The runs die with the sweep: SIGTERM, SIGHUP or Ctrl-C ends them before the sweep exits, and
 a SIGKILLed sweep takes them with it (Linux: PR_SET_PDEATHSIG).
 A run whose directory has a summary is finished and skipped; one stopped with a checkpoint is
@@ -42,9 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, coerce, make_config, read_toml
-from .plots import FIGURES, plot_experiment
+from .plots import FIGURES, FINISHED, plot_experiment
 from .processes import dying_with_parent, end_processes, ended_by_signals
 from .protocol import parse_protocol
+from .report import REPORT, write_report
 from .rundir import CONFIG, METRICS, SUMMARY, read_metrics, run_progress
 from .staleness import StalenessStats
 
@@ -374,7 +376,8 @@ def write_results(rows: list[dict], grid_keys: list[str], out: Path) -> None:
 def sweep(
     path: str | Path, out: str | Path | None = None, jobs: int = 1, data_dir: str | None = None, log=print
 ) -> list[dict]:
-    """Run every run of the experiment not finished yet; write results.csv, results.md and figures under ``out``.
+    """Run every run of the experiment not finished yet; write results.csv, results.md, figures and report.html
+    (every finished run) under ``out``.
 
     ``data_dir`` sets --data-dir of every run (where the dataset is on this machine).
     """
@@ -422,5 +425,11 @@ def sweep(
     write_results(rows, experiment.grid_keys, out)
     for figure in plot_experiment(experiment.figures, experiment.runs, rows, out):
         log(f"figure {figure}")
+    finished = [
+        str(out / "runs" / run.name)
+        for run, row in zip(experiment.runs, rows, strict=True)
+        if row["status"] in FINISHED
+    ]
+    log(f"report {write_report(finished, out / REPORT, title=f'softsync sweep {experiment.name}')}")
     log(f"{total} runs in {time.monotonic() - started:.0f} s; results in {out / 'results.md'}")
     return rows

@@ -4,13 +4,17 @@ data server, ranks 1..λ are learners 0..λ-1.
 Every message is one contiguous float32 buffer, sent whole, never pickled. Its first HEADER slots
 are a header read as int32 (a float32 slot holds any int32's bits exactly):
 
-    learner → server: [kind, learner, timestamp, epoch, index, 0, 0, loss (float32)] + gradient
+    learner → server: [kind, learner, timestamp, epoch, index, compute s, wait s, loss (the last three float32)]
+                      + gradient
     server → learner: [kind, clock, epoch, index, 0, 0, 0, 0] + μ sample indices (int32) + weights
 
 A learner's model lives inside its two buffers (weights in the receive buffer, gradients in the
-send buffer), so a step copies nothing per parameter. The server reads each learner's messages on
-a thread of its own, so a lost learner is noticed at once without disturbing the others, and it
-carries out what the coordinator decides, as the sim engine does: the semantics live there.
+send buffer), so a step copies nothing per parameter. With --device cuda the two buffers stay on
+the host (pinned) and the model on the learner's GPU: a step copies the weights in and the
+gradient out, one contiguous copy each; the server stays on the CPU. The server reads each
+learner's messages on a thread of its own, so a lost learner is noticed at once without
+disturbing the others, and it carries out what the coordinator decides, as the sim engine does:
+the semantics live there.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from ..coordinator import Outcome, Work
 from ..data import batch_seed
 from ..datasets import batcher
 from ..errors import RunError, ServerLost, SoftsyncError
-from ..learner import Learner
+from ..learner import Learner, learner_device
 from ..models import count_parameters
 
 HEADER = 8
 PULL, PUSH, WEIGHTS, STOP = 1, 2, 3, 4
-LOSS_SLOT = 7
+COMPUTE_SLOT, WAIT_SLOT, LOSS_SLOT = 5, 6, 7  # float32 slots of a push: its step's seconds, its loss
 
 
 class JoinTimeout(RunError):
@@ -201,15 +205,19 @@ class DistServer:
             self.recorder.start_clock()
         kind, sender, timestamp, epoch, index = self.receive_headers[learner][:5].tolist()
         self.deadline.pop(learner, None)
+        telemetry = self.coordinator.telemetry
+        telemetry.heard(learner, time.monotonic())
         if sender != learner or kind not in (PULL, PUSH):
             outcome = self.coordinator.reject(learner, f"a malformed header (kind {kind}, learner {sender})")
         elif kind == PULL:
             outcome = self.coordinator.pull(learner)
         else:
-            loss = float(float_header(self.receive[learner])[LOSS_SLOT])
+            header = float_header(self.receive[learner])
+            telemetry.timed(learner, float(header[COMPUTE_SLOT]), float(header[WAIT_SLOT]))
+            loss = float(header[LOSS_SLOT])
             outcome = self.coordinator.push(learner, self.receive[learner][HEADER:], timestamp, epoch, index, loss)
             if outcome.accepted:
-                self.recorder.gradient_applied()
+                self.recorder.gradient_applied(self.server)
         if outcome.rejected:
             what = "a gradient" if outcome.rejected_gradient else "a message"
             self.warn(f"rejected {what} of {describe(learner)}: {outcome.rejected}")
@@ -231,13 +239,19 @@ class DistServer:
     def end_epoch(self, epoch: int, train_loss: float) -> float:
         """Evaluate (under the lock: training pauses, so it is not timed) and record the epoch."""
         paused = time.monotonic()
-        test_loss = self.recorder.epoch_end(epoch, train_loss, self.server)
+        test_loss = self.recorder.epoch_end(epoch, train_loss, self.server, self.coordinator.telemetry)
         pause = time.monotonic() - paused
         if pause >= 2 * self.timeout:  # gloo's timeout: the learner that ended the epoch has given up
             raise RunError(epoch_end_too_long(epoch, pause, self.timeout))
         for learner in self.deadline:  # evaluation paused the server, not the learners' duty to answer
             self.deadline[learner] += pause
         return test_loss
+
+    def report_status(self, state: str, error: str = "") -> None:
+        """status.json; call under the lock (or once the learners are gone)."""
+        coordinator, now = self.coordinator, time.monotonic()  # the clock of telemetry.heard
+        live, ended = coordinator.live, coordinator.data.ended
+        self.recorder.status(state, self.server, coordinator.telemetry, live, ended, now, error=error)
 
     def state_dict(self) -> dict:
         """Nothing: a resumed dist run has new learner processes (Coordinator.restart_learners)."""
@@ -257,8 +271,11 @@ class DistServer:
             reader.start()
         first_deadline = time.monotonic() + self.timeout  # every learner's first pull
         with self.lock:
+            self.report_status("running")
             while not self.coordinator.finished and self.failure is None:
                 now = time.monotonic()
+                if now >= self.recorder.status_due:
+                    self.report_status("running")
                 due = min(self.deadline.values(), default=first_deadline if not self.started else now + self.timeout)
                 if now >= due and not self.started:
                     self.fail(f"no learner sent its first pull within {self.timeout:g} s")
@@ -268,6 +285,7 @@ class DistServer:
                     self.end_hung(late)
                 if not self.coordinator.finished and self.failure is None:
                     due = min(self.deadline.values(), default=now + self.timeout)
+                    due = min(due, self.recorder.status_due)
                     self.changed.wait(timeout=max(0.0, due - time.monotonic()))
             if self.failure is not None:
                 raise RunError(self.failure)
@@ -286,13 +304,26 @@ class DistLearner:
         torch.set_num_threads(config.threads_per_learner)
         self.config = config
         self.learner_id = learner_id
+        # LOCAL_RANK (torchrun's) is this rank's index on its node: the learners of a node spread over its GPUs
+        # whatever their global ranks. On the server's node the server holds a local rank but no GPU, so its
+        # learners start at local rank 1 and the modulo wraps around to GPU 0. A local launch sets no LOCAL_RANK:
+        # every rank is on this host, and the learner id is its index here. Under torchrun this is where a node
+        # without a GPU is found: the error names it.
+        host = f"the host of rank {learner_id + 1} ({socket.gethostname()})"
+        device = learner_device(config.device, int(os.environ.get("LOCAL_RANK", learner_id)), host)
         task = load_task(config)
         self.batch = batcher(task.data.train)
         size = count_parameters(task.model)
-        self.inbox = torch.empty(HEADER + config.batch_size + size)
-        self.outbox = torch.zeros(HEADER + size)
+        # the transport's buffers are on the host (gloo carries CPU tensors), pinned for the copies to a GPU
+        pinned = device.type == "cuda"
+        self.inbox = torch.empty(HEADER + config.batch_size + size, pin_memory=pinned)
+        self.outbox = torch.zeros(HEADER + size, pin_memory=pinned)
         self.learner = Learner(
-            task.model, task.loss, weights=self.inbox[HEADER + config.batch_size :], gradients=self.outbox[HEADER:]
+            task.model,
+            task.loss,
+            weights=self.inbox[HEADER + config.batch_size :],
+            gradients=self.outbox[HEADER:],
+            device=device,
         )
         self.samples = self.inbox[HEADER : HEADER + config.batch_size].view(torch.int32)
         # speeds are relative: the fastest learner runs flat out, a learner at half its speed sleeps
@@ -300,24 +331,28 @@ class DistLearner:
         self.slowdown = max(speeds) / speeds[learner_id % len(speeds)] - 1.0
 
     def run(self) -> None:
-        header_in, header_out, loss_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
+        header_in, header_out, floats_out = int_header(self.inbox), int_header(self.outbox), float_header(self.outbox)
         header_out[0], header_out[1] = PULL, self.learner_id
+        waiting = time.perf_counter()
         self.exchange(send=True)
         while True:
             self.exchange(send=False)
+            started = time.perf_counter()
             kind, clock, epoch, index = header_in[:4].tolist()
             if kind == STOP:
                 return
             if kind != WEIGHTS:
                 raise RunError(f"the server sent a malformed header (kind {kind})")
-            started = time.perf_counter()
             inputs, targets = self.batch(self.samples.long(), epoch)
             seed = batch_seed(self.config.seed, epoch, index)
             _, loss = self.learner.gradient(self.learner.weights, inputs, targets, seed)
             if self.slowdown > 0:  # a straggler: a learner of speed s takes 1/s as long
                 time.sleep((time.perf_counter() - started) * self.slowdown)
             header_out[0], header_out[2], header_out[3], header_out[4] = PUSH, clock, epoch, index
-            loss_out[LOSS_SLOT] = loss
+            finished = time.perf_counter()
+            floats_out[COMPUTE_SLOT], floats_out[WAIT_SLOT] = finished - started, started - waiting
+            floats_out[LOSS_SLOT] = loss
+            waiting = finished
             self.exchange(send=True)
 
     def exchange(self, send: bool) -> None:

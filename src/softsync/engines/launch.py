@@ -7,6 +7,7 @@ them has exited. Under torchrun (RANK and WORLD_SIZE set), the process is one ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -19,11 +20,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import specs
+from .. import board, specs
 from ..build import batches_per_epoch, build_components, load_task
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, make_config
 from ..errors import ConfigError, RunError, ServerLost, SoftsyncError, UserError, report
+from ..learner import require_device
 from ..processes import dying_with_parent, end_processes, ended_by_signals, exit_code_within
 from ..rundir import PROCESSES, SUMMARY, atomic_write_bytes, open_run_dir
 from .dist import STORE_FD, SUPERVISED, DistLearner, DistServer, JoinTimeout, init, short
@@ -44,6 +46,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
     """
     rank: int | str = os.environ.get("RANK", "?")  # for the error line, even before it is parsed
     out: Path | None = None
+    serving: DistServer | None = None  # rank 0 once the run is under way (a refused start leaves no status)
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != config.learners + 1:
@@ -56,6 +59,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             if prepared:  # a local launch: the launcher holds the run directory's lock
                 out = Path(str(config.out))
             else:  # torchrun: this rank holds the lock for the life of the process
+                board.require(config)
                 config, out, _lock = open_run_dir(config, checkpoint)
             parts = build_components(config, out, load_task(config))
         else:
@@ -75,15 +79,25 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
         server.checkpointer = parts.checkpointer(server.coordinator, server)
         if checkpoint is not None:
             server.checkpointer.restore(checkpoint)
+            parts.recorder.resume(parts.server.clock)
             server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
+        serving = server
         status = server.serve()
-        summary = parts.recorder.finish(parts.server, status, server.coordinator.learner_failures)
+        coordinator = server.coordinator
+        summary = parts.recorder.finish(parts.server, status, coordinator.telemetry, coordinator.learner_failures)
+        server.report_status(status)
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()
         return summary
     except BaseException as error:
         if out is not None:
             (out / PROCESSES).unlink(missing_ok=True)
+        if serving is not None:  # rank 0: say how the run ended, for `softsync status`; the event file complete
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            message = "" if interrupted else str(error) if isinstance(error, SoftsyncError) else short(error)
+            with contextlib.suppress(Exception):  # the error being reported matters more than these files
+                serving.recorder.close()
+                serving.report_status("interrupted" if interrupted else "failed", message)
         # a learner that gave up on the others is a consequence: rank 0 or the launcher reports the cause
         consequence = isinstance(error, (ServerLost, JoinTimeout)) and rank != 0 and os.environ.get(SUPERVISED)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -230,8 +244,11 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     """`softsync train --engine dist`: one rank under torchrun, else λ+1 local processes."""
     if under_torchrun():
         return run_rank(config, checkpoint, prepared=False)
-    # too many learners, a bad model, data, loss or batch size: exit 2 before any process starts or the run
-    # directory exists
+    # no GPU for --device cuda, no tensorboard for --tensorboard, too many learners, a bad model, data, loss or
+    # batch size: exit 2 before any process starts or the run directory exists (the learners run on this host;
+    # under torchrun each learner rank checks its own node's GPUs, in DistLearner)
+    require_device(config.device)
+    board.require(config)
     require_local_processes(config.learners)
     batches_per_epoch(config, len(load_task(config).data.train))  # type: ignore[arg-type]
     config, out, lock = open_run_dir(config, checkpoint)

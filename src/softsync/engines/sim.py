@@ -9,22 +9,33 @@ coordinator answers it, on the server's weights of that moment (the weights it p
 until its push event: the same result as keeping a snapshot per learner, without copying the
 weights λ times. Events at equal times run in the order they were scheduled, so a seed fixes the
 run exactly.
+
+With --device cuda the server and evaluation stay on the CPU, and one learner on the GPU (a copy
+of the model) computes every learner's gradient: the server's weights are copied in for each
+gradient and the gradient copied back. On the CPU that learner is the server's own (its model
+lives in the server's weights): nothing is copied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import heapq
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import board
 from ..build import Components, Given, batches_per_epoch, build_components, load_task
 from ..checkpoint import Checkpointer
 from ..config import TrainConfig
 from ..coordinator import Outcome, Work
 from ..data import batch_seed
 from ..datasets import batcher
+from ..errors import first_line
+from ..learner import Learner, learner_device, require_device
 from ..rundir import open_run_dir
 
 PUSH_SEND, PUSH_ARRIVE = 1, 2  # a learner's gradient is computed and leaves / reaches the server
@@ -82,6 +93,10 @@ class SimEngine:
 
     def __init__(self, parts: Components, times: StepTimeModel) -> None:
         self.server, self.recorder, self.learner = parts.server, parts.recorder, parts.learner
+        if parts.config.device != "cpu":
+            device = learner_device(parts.config.device, 0)
+            self.learner = Learner(copy.deepcopy(parts.task.model), parts.task.loss, device=device)
+        self.evaluated_model = parts.learner.model  # evaluation's (on the CPU)
         self.batch = batcher(parts.task.data.train)
         self.seed = parts.config.seed
         self.times = times
@@ -92,6 +107,7 @@ class SimEngine:
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
         self.sequence = 0
         self.held: dict[int, Held] = {}
+        self.idle_since: dict[int, float] = {}  # learner -> when it sent its last push (or the run began)
 
     def schedule(self, time: float, kind: int, learner: int) -> None:
         heapq.heappush(self.events, (time, self.sequence, kind, learner))
@@ -105,23 +121,30 @@ class SimEngine:
 
     def run(self) -> str:
         """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
+        self.report_status("running")
         self.carry_out(self.coordinator.start())
+        handled = 0
         while self.events and not self.coordinator.stopping:
+            handled += 1
+            if handled % 256 == 0 and time.monotonic() >= self.recorder.status_due:
+                self.report_status("running")
             self.now, _, kind, learner = heapq.heappop(self.events)
             if kind == PUSH_SEND:
+                self.idle_since[learner] = self.now
                 self.schedule(self.transfer(), PUSH_ARRIVE, learner)
             else:
                 self.push(learner)
         return self.coordinator.status
 
     def push(self, learner: int) -> None:
+        self.coordinator.telemetry.heard(learner, self.now)
         held = self.held.pop(learner)
         work = self.coordinator.in_flight[learner]
         outcome = self.coordinator.push(
             learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss
         )
         if outcome.accepted:
-            self.recorder.gradient_applied()
+            self.recorder.gradient_applied(self.server, self.now)
         self.carry_out(outcome)
 
     def carry_out(self, outcome: Outcome) -> None:
@@ -139,10 +162,33 @@ class SimEngine:
         gradient, loss = self.learner.gradient(self.server.weights, inputs, targets, seed)
         self.held[learner] = Held(gradient.clone(), loss)
         compute_start = self.transfer()  # the weights reach the learner
-        self.schedule(compute_start + self.times.compute_time(learner), PUSH_SEND, learner)
+        compute_time = self.times.compute_time(learner)
+        waited = compute_start - self.idle_since.get(learner, self.now)  # for the link, the server, the round
+        self.coordinator.telemetry.timed(learner, compute_time, waited)
+        self.schedule(compute_start + compute_time, PUSH_SEND, learner)
+
+    def report_status(self, state: str, error: str = "") -> None:
+        """status.json, in virtual time (a learner's last message age is virtual seconds too)."""
+        coordinator = self.coordinator
+        self.recorder.status(
+            state,
+            self.server,
+            coordinator.telemetry,
+            coordinator.live,
+            coordinator.data.ended,
+            self.now,
+            virtual_s=self.now,
+            error=error,
+        )
 
     def end_epoch(self, epoch: int, train_loss: float) -> float:
-        return self.recorder.epoch_end(epoch, train_loss, self.server, virtual_s=self.now)
+        if self.learner.model is not self.evaluated_model:
+            # the weights are the server's; a model's buffers (batch norm's running statistics) are the learner's,
+            # which on the CPU is the evaluated model itself
+            with torch.no_grad():
+                for mine, its in zip(self.evaluated_model.buffers(), self.learner.model.buffers(), strict=True):
+                    mine.copy_(its)
+        return self.recorder.epoch_end(epoch, train_loss, self.server, self.coordinator.telemetry, virtual_s=self.now)
 
     def state_dict(self) -> dict:
         """The simulation's own state (time, queued events, held gradients, random streams)."""
@@ -153,6 +199,7 @@ class SimEngine:
             "sequence": self.sequence,
             "held": {learner: {"gradient": h.gradient.clone(), "loss": h.loss} for learner, h in self.held.items()},
             "rngs": [rng.getstate() for rng in self.times.rngs],
+            "idle_since": dict(self.idle_since),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -164,6 +211,7 @@ class SimEngine:
         self.held = {int(learner): Held(h["gradient"], h["loss"]) for learner, h in state["held"].items()}
         for rng, rng_state in zip(self.times.rngs, state["rngs"], strict=True):
             rng.setstate(rng_state)
+        self.idle_since = {int(learner): t for learner, t in state.get("idle_since", {}).items()}
 
 
 def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = None) -> dict:
@@ -171,16 +219,33 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
 
     ``given``: the Python objects softsync.train was given in place of the model, data or loss.
     """
+    require_device(config.device)  # no GPU: exit 2 before anything is loaded or written
     torch.set_num_threads(1)  # the sim runs one gradient at a time; one thread is the fair unit
+    board.require(config)
     task = load_task(config, given)
     batches_per_epoch(config, len(task.data.train))  # type: ignore[arg-type]  # before the run directory exists
     config, out, lock = open_run_dir(config, checkpoint)
-    with lock, torch.random.fork_rng(devices=[]):  # gradients seed torch's RNG (batch_seed): not the caller's
+    # gradients seed torch's RNG (batch_seed), the CPU's and every GPU's (torch.manual_seed): not the caller's
+    gpus = list(range(torch.cuda.device_count())) if config.device == "cuda" else []
+    with lock, torch.random.fork_rng(devices=gpus):
         parts = build_components(config, out, task)
         engine = SimEngine(parts, StepTimeModel.from_config(config, parts.learner.weights))
         checkpointer = parts.checkpointer(engine.coordinator, engine)
         if checkpoint is not None:
             checkpointer.restore(checkpoint)
+            parts.recorder.resume(parts.server.clock)
         engine.checkpointer = checkpointer
-        status = engine.run()
-        return parts.recorder.finish(parts.server, status, engine.coordinator.learner_failures, virtual_s=engine.now)
+        try:
+            status = engine.run()
+        except BaseException as error:
+            with contextlib.suppress(Exception):  # the error being reported matters more than the event file
+                parts.recorder.close()
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            engine.report_status("interrupted" if interrupted else "failed", "" if interrupted else first_line(error))
+            raise
+        coordinator = engine.coordinator
+        summary = parts.recorder.finish(
+            parts.server, status, coordinator.telemetry, coordinator.learner_failures, virtual_s=engine.now
+        )
+        engine.report_status(status)
+        return summary
