@@ -55,7 +55,10 @@ def main() -> None:
     torch.set_num_threads(1)
     dataset = load_dataset("fashion-mnist")
     if args.samples < len(dataset.train.targets):
-        dataset.train.inputs, dataset.train.targets = dataset.train.inputs[: args.samples], dataset.train.targets[: args.samples]
+        dataset.train.inputs, dataset.train.targets = (
+            dataset.train.inputs[: args.samples],
+            dataset.train.targets[: args.samples],
+        )
     # warm-up: first calls import and initialise parts of torch; neither side should pay for that
     small = load_dataset("synthetic", synthetic_size=256)
     for model_name in args.models.split(","):
