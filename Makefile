@@ -50,6 +50,7 @@ bench: setup
 	$(PYTHON) bench/scaling.py
 	$(PYTHON) bench/transport.py --model paper-cifar10
 	$(PYTHON) bench/vs_ddp.py
+	$(PYTHON) bench/user_spec.py
 	$(PYTHON) bench/tensorboard_overhead.py
 
 # the paper's experiments (about an hour on 2 cores); results in docs/results.md. A rerun skips finished runs.
