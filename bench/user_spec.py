@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 
-from softsync import specs, train
+from softsync import specs
 from softsync.datasets import batcher, load_dataset
+
+from common import softsync_rate
 
 USER_FILE = '''\
 """A user's task, as a user would write it: factories softsync loads by file spec."""
@@ -71,26 +73,6 @@ def make_items():
     data = load_dataset("fashion-mnist")
     return Items(data.train.inputs, data.train.targets), Items(data.test.inputs, data.test.targets)
 '''
-
-
-def rate(model: str, dataset: str, learners: int, batch_size: int, epochs: int) -> float:
-    """samples/s of one dist run, async (start-up and epoch-end evaluation left out)."""
-    with tempfile.TemporaryDirectory() as out:
-        summary = train(
-            engine="dist",
-            protocol="async",
-            learners=learners,
-            batch_size=batch_size,
-            model=model,
-            dataset=dataset,
-            epochs=epochs,
-            lr=0.01,
-            momentum=0.9,
-            eval_samples=100,
-            quiet=True,
-            out=f"{out}/run",
-        )
-    return summary["samples_per_s"]
 
 
 def collate_time(path: Path, batch_size: int, batches: int = 2000) -> None:
@@ -137,7 +119,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {side: [] for side in sides}
         for repeat in range(args.repeats):
             for side, (model, dataset) in sides.items():
-                rates[side].append(rate(model, dataset, args.learners, args.batch_size, args.epochs))
+                rates[side].append(softsync_rate(model, args.learners, args.batch_size, args.epochs, dataset=dataset))
                 print(f"  repeat {repeat} {side:16s} {rates[side][-1]:8.0f} samples/s", flush=True)
     a, b, c = rates.values()
     over_a = [[x / y for x, y in zip(side, a, strict=True)] for side in (b, c)]
