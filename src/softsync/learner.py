@@ -144,7 +144,11 @@ class Learner:
         buffer: it is overwritten by the next call, so copy it to keep it.
         """
         if seed is not None:
-            torch.manual_seed(seed)  # the CPU's generator and every GPU's
+            # the CPU's generator alone: torch.manual_seed also seeds every accelerator backend, ~140 µs a step
+            torch.default_generator.manual_seed(seed)
+            if self.device.type == "cuda":
+                with torch.cuda.device(self.device):  # this learner's GPU, not the current one
+                    torch.cuda.manual_seed(seed)
         on_gpu = self.device.type != "cpu"
         if on_gpu:
             # from pinned memory (the transport's buffer) the copy runs asynchronously; the stream orders it
