@@ -18,7 +18,7 @@ from .checkpoint import Checkpointer, Stateful
 from .config import TrainConfig
 from .coordinator import Coordinator, EndEpoch
 from .data import DataServer
-from .datasets import Dataset, batcher, from_factory, load_dataset
+from .datasets import Dataset, batcher, from_factory, kind_of, load_dataset
 from .errors import ConfigError, UserError, first_line
 from .learner import LOSSES, Learner, Loss, evaluate
 from .models import build_model, seeded
@@ -133,7 +133,7 @@ def _try_one_batch(task: Task, config: TrainConfig) -> None:
     finally:
         model.train()
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-        what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else _kind(loss)
+        what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else kind_of(loss)
         raise ConfigError(f"--loss {config.loss!r} returned {what}: expected a scalar, the mean over the mini-batch")
 
 
@@ -144,10 +144,6 @@ def _require_loadable(spec: str, flag: str, what: str) -> None:
             f"{flag} {spec}: this run's {what} was a Python object given to softsync.train(); pass it again "
             "(a run that also resumes from the command line needs a factory: module:callable or file.py:callable)"
         )
-
-
-def _kind(value: Any) -> str:
-    return "None" if value is None else f"a {type(value).__name__}"
 
 
 @dataclass

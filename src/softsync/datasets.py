@@ -144,10 +144,10 @@ def from_factory(splits: Any, spec: str, flag: str = "--dataset") -> Dataset:
     batch with ``default_collate`` (checked on the first two items of each).
     """
     if not isinstance(splits, (tuple, list)) or len(splits) != 2:
-        raise ConfigError(f"{flag} {spec!r} returned {_kind(splits)}, expected (train, test): two map-style datasets")
+        raise ConfigError(f"{flag} {spec!r} returned {kind_of(splits)}, expected (train, test): two map-style datasets")
     for what, split in zip(("training", "test"), splits, strict=True):
         if not (hasattr(split, "__getitem__") and hasattr(split, "__len__")):
-            raise ConfigError(f"{flag} {spec!r}: the {what} set is {_kind(split)}, not a map-style dataset")
+            raise ConfigError(f"{flag} {spec!r}: the {what} set is {kind_of(split)}, not a map-style dataset")
         try:
             size = len(split)
             if size < 1:
@@ -159,7 +159,7 @@ def from_factory(splits: Any, spec: str, flag: str = "--dataset") -> Dataset:
             raise ConfigError(f"{flag} {spec!r}: reading the {what} set failed: {first_line(error)}") from None
         if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
             raise ConfigError(
-                f"{flag} {spec!r}: item 0 of the {what} set is {_kind(items[0])}, not an (input, target) pair"
+                f"{flag} {spec!r}: item 0 of the {what} set is {kind_of(items[0])}, not an (input, target) pair"
             )
         try:
             default_collate(items)
@@ -186,7 +186,8 @@ def _num_classes(train: TorchDataset) -> int | None:
     return None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a user's value is, for a one-line error: `None`, `a str`, `a tuple of 3`."""
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
     return "None" if value is None else f"a {type(value).__name__}"
