@@ -29,9 +29,9 @@ def test_bad_protocols_are_refused(text):
 
 
 def test_policy_values():
-    assert [get_policy("staleness")(tau, 4) for tau in (0, 1, 2, 5)] == [1.0, 1.0, 0.5, 0.2]
-    assert [get_policy("constant")(tau, 4) for tau in (0, 1, 7)] == [1.0, 1.0, 1.0]
-    assert [get_policy("mean")(tau, 4) for tau in (0, 3, 9)] == [0.25, 0.25, 0.25]
+    assert [get_policy("staleness", 4)(tau) for tau in (0, 1, 2, 5)] == [1.0, 1.0, 0.5, 0.2]
+    assert [get_policy("constant", 4)(tau) for tau in (0, 1, 7)] == [1.0, 1.0, 1.0]
+    assert [get_policy("mean", 4)(tau) for tau in (0, 3, 9)] == [0.25, 0.25, 0.25]
     assert {"staleness", "constant", "mean"} <= set(POLICIES)
 
 

@@ -25,6 +25,7 @@ def test_counts_and_rows():
     telemetry.timed(0, compute_s=3.0, wait_s=1.0)
     start = telemetry.snapshot()
     telemetry.applied(0, 1)
+    telemetry.dropped(1)
     telemetry.lose(1)
     total, interval = telemetry.rows(2.0, batch_size=10), telemetry.rows(1.0, batch_size=10, since=start)
     assert total[0] == {
@@ -36,10 +37,12 @@ def test_counts_and_rows():
         "compute_fraction": 0.75,
         "wait_fraction": 0.25,
         "rejected": 0,
+        "dropped": 0,
         "failures": 0,
     }
     assert (interval[0]["gradients"], interval[0]["staleness_mean"], interval[0]["staleness_max"]) == (1, 1.0, 0)
     assert (interval[1]["rejected"], interval[1]["failures"], total[1]["failures"]) == (0, 1, 1)
+    assert (interval[1]["dropped"], total[1]["dropped"], total[1]["rejected"]) == (1, 1, 1)
     restored = Telemetry(2)
     restored.load_state_dict(json.loads(json.dumps(telemetry.state_dict())))
     assert restored.counts == telemetry.counts and restored.lost == {1}

@@ -17,6 +17,7 @@ from .board import Board
 from .checkpoint import Checkpointer, Stateful
 from .config import TrainConfig
 from .coordinator import Coordinator, EndEpoch
+from .corrections import make_correction
 from .data import DataServer
 from .datasets import Dataset, batcher, from_factory, kind_of, load_dataset
 from .errors import ConfigError, UserError, first_line
@@ -160,7 +161,8 @@ class Components:
 
     def coordinator(self, end_epoch: EndEpoch) -> Coordinator:
         """The run's coordinator; ``end_epoch`` is the engine's (it evaluates and records)."""
-        return Coordinator(self.server, self.data, self.config.learners, end_epoch, self.config.checkpoint_every)
+        config = self.config
+        return Coordinator(self.server, self.data, config.learners, end_epoch, config.checkpoint_every, config.ssp)
 
     def checkpointer(self, coordinator: Coordinator, engine: Stateful) -> Checkpointer:
         """The run's checkpoint: these components, the engine's coordinator and the engine's own state."""
@@ -189,6 +191,8 @@ def build_components(config: TrainConfig, out: Path, task: Task) -> Components:
         lr_policy=config.lr_policy,
         lr_steps=config.lr_steps,
         lr_gamma=config.lr_gamma,
+        correction=make_correction(config.correction, config.dc_lambda),
+        momentum_correction=config.momentum_correction,
     )
     data = DataServer(len(task.data.train), config.batch_size, config.seed, config.epochs, per_epoch)  # type: ignore[arg-type]
     test, limit = task.data.test, config.eval_samples

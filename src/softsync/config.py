@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import specs
+from .corrections import CORRECTIONS
 from .datasets import DATASETS
 from .errors import ConfigError
 from .learner import DEVICES, LOSSES
 from .models import MODELS
 from .protocol import Protocol, ProtocolError, parse_protocol
-from .staleness import POLICIES
+from .staleness import parse_policy
 
 ENGINES = ("sim", "dist")
 PATHS = ("data_dir", "out", "resume")
@@ -42,6 +43,7 @@ FLOAT_RANGES = {  # name: (low, high, (low included, high included), unit in the
     "bandwidth": (1.0, 1e15, (True, True), " bytes per second"),  # 1 B/s to 1 PB/s
     "latency": (0.0, 1e6, (True, True), " seconds"),
     "timeout": (0.0, 86400.0, (False, True), " seconds (at most a day)"),
+    "dc_lambda": (0.0, 1e6, (True, True), ""),
 }
 # Whole numbers: torch and numpy take sizes and seeds as 64-bit integers.
 INT64_MAX = 2**63 - 1
@@ -79,7 +81,26 @@ class TrainConfig:
     lr: float = _opt(
         0.01, "base learning rate α0, in (0, 1e6]; every rate of the --lr-steps schedule must stay in that range"
     )
-    lr_policy: str = _opt("staleness", "α(τ): staleness (α0/τ, the paper's rule), constant (α0), mean (α0/n)")
+    lr_policy: str = _opt(
+        "staleness",
+        "α(τ): staleness (α0/τ, the paper's rule), constant (α0), mean (α0/n), poly:a=0.5 (α0/(1+τ)^a), "
+        "exponential:beta=0.1 (α0·e^(−βτ)), adaptive:k=n (α0 while τ ≤ k, then α0·k/τ), "
+        "drop:r=2n (α0 while τ < r, else the gradient is dropped and its mini-batch redone)",
+    )
+    correction: str = _opt(
+        "none",
+        "correct a stale gradient before its α(τ): none, dc-asgd (g + λ·g⊙g⊙(θ_t − θ_{t−τ})), dc-asgd-adaptive "
+        "(λ/√MeanSquare), gap-aware (g ⊘ (1 + |θ_t − θ_{t−τ}|/C)); the server keeps θ_{t−τ} of gradients in flight",
+    )
+    dc_lambda: float = _opt(0.04, "--correction dc-asgd: λ (dc-asgd-adaptive: λ0; its paper used 2), in [0, 1e6]")
+    ssp: int | None = _opt(
+        None,
+        "bounded staleness (n-softsync, async): a learner more than SSP pushes ahead of the slowest live learner "
+        "waits for it before its next pull; 0 moves the learners in rounds (default: inf, unbounded)",
+    )
+    momentum_correction: bool = _opt(
+        False, "reduce the server's momentum by the implicit momentum 1 − 1/⟨τ⟩ of asynchrony (never below 0)"
+    )
     momentum: float = _opt(0.9, "SGD momentum on the server")
     weight_decay: float = _opt(0.0, "SGD weight decay (L2) on the server, in [0, 1]")
     lr_steps: tuple[int, ...] = _opt((), "epochs at which the learning rate is multiplied by --lr-gamma, e.g. 120,130")
@@ -232,6 +253,13 @@ def coerce(name: str, value):
         return _number_list(value, whole_number, flag, "whole numbers")
     if name == "learner_speeds":
         return _number_list(value, real_number, flag, "numbers")
+    if name == "ssp":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity")):
+            return None
+        try:
+            return whole_number(value)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{flag} = {value!r}: expected a whole number >= 0, or inf") from None
     if value is None:
         if default is None:
             return None
@@ -309,9 +337,17 @@ def validate(config: TrainConfig) -> None:
         config.parsed_protocol()
     except ProtocolError as error:
         raise ConfigError(f"--protocol: {error}") from None
+    parse_policy(config.lr_policy)
     require(
-        config.lr_policy in POLICIES, f"--lr-policy {config.lr_policy!r} is unknown: use {', '.join(sorted(POLICIES))}"
+        config.correction in CORRECTIONS,
+        f"--correction {config.correction!r} is unknown: use {', '.join(CORRECTIONS)}",
     )
+    if config.ssp is not None:
+        require(config.ssp >= 0, f"--ssp {config.ssp}: must be >= 0 (pushes ahead of the slowest learner), or inf")
+        require(
+            config.parsed_protocol().name != "hardsync",
+            "--ssp bounds the staleness of n-softsync and async: hardsync's rounds already keep every learner together",
+        )
     for name, (low, high, closed, unit) in FLOAT_RANGES.items():
         value = getattr(config, name)
         inside = (low <= value if closed[0] else low < value) and (value <= high if closed[1] else value < high)

@@ -8,10 +8,11 @@ thing under sim and dist (docs/design.md §2).
 The order of operations on a push, the same under both engines:
 
 1. the protocol checks (the mini-batch and timestamp the learner was given), then the parameter server
-   takes the gradient, or rejects it and its mini-batch is handed out again;
+   takes the gradient, or rejects or drops it and its mini-batch is handed out again;
 2. the data server records the mini-batch; each epoch this ends is closed in order: the last epoch
    flushes a partial buffer, the step schedule moves on, ``end_epoch`` evaluates;
-3. the pusher's next pull goes to the gate (hardsync holds it until the round's update is applied);
+3. the pusher's next pull goes to the gate (hardsync holds it until the round's update is applied,
+   --ssp while the pusher is too far ahead of the slowest learner);
 4. released learners get the weights of now and the next mini-batch; a learner with nothing left waits
    while a mini-batch of a lost learner may still come back, and is stopped once none can.
 
@@ -51,6 +52,7 @@ class Outcome:
     answers: list[tuple[int, Work]] = field(default_factory=list)  # send the current weights and this mini-batch
     stops: list[int] = field(default_factory=list)  # tell these learners the run is over for them
     accepted: bool = False  # the pushed gradient was buffered
+    dropped: bool = False  # the policy dropped it: too stale, its mini-batch is handed out again
     updated: bool = False  # ... and an update was applied
     rejected: str = ""  # why the message was refused ("" if it was not)
     rejected_gradient: bool = False  # ... by the parameter server (else by the protocol checks)
@@ -81,6 +83,7 @@ class Coordinator:
         learners: int,
         end_epoch: EndEpoch,
         checkpoint_every: int = 0,
+        ssp: int | None = None,
     ) -> None:
         self.server = server
         self.data = data
@@ -88,7 +91,7 @@ class Coordinator:
         self.end_epoch = end_epoch
         self.checkpoint_every = checkpoint_every
         self.live: set[int] = set(range(learners))
-        self.gate = PullGate(server.protocol, self.live)
+        self.gate = PullGate(server.protocol, self.live, ssp)
         self.in_flight: dict[int, Work] = {}
         self.parked: set[int] = set()  # nothing to hand out now, but a lost learner's mini-batch may come back
         self.learner_failures = 0
@@ -121,7 +124,7 @@ class Coordinator:
         """
         outcome = Outcome()
         if self.stopping:
-            self.in_flight.pop(learner, None)
+            self._take_back(learner)
             self._answer([learner], outcome)
             return outcome
         work = self.in_flight.get(learner)
@@ -136,11 +139,18 @@ class Coordinator:
             self.reject(learner, problem, outcome)
             return outcome
         assert work is not None  # the checks above refuse a push without a mini-batch
-        del self.in_flight[learner]
+        del self.in_flight[learner]  # the server's push ends the pull of its weights
         result = self.server.push(gradient, timestamp, learner)
-        outcome.accepted, outcome.updated = result.accepted, result.updated
+        outcome.accepted, outcome.updated, outcome.dropped = result.accepted, result.updated, result.dropped
         if result.accepted:
             self.telemetry.applied(learner, result.staleness)
+            self.gate.pushed(learner)
+        elif result.dropped:
+            self.telemetry.dropped(learner)
+            self.data.give_back(work.batch)
+            self._answer(self.gate.request(learner), outcome)
+            self._settle(outcome)
+            return outcome
         else:
             self.telemetry.rejected(learner)
             outcome.rejected, outcome.rejected_gradient = result.reason, True
@@ -177,7 +187,7 @@ class Coordinator:
         outcome.rejected = problem
         self.server.reject(problem)
         self.telemetry.rejected(learner)
-        work = self.in_flight.pop(learner, None)
+        work = self._take_back(learner)
         if work is not None:
             self.data.give_back(work.batch)
         self._answer(self.gate.request(learner, hold=False), outcome)
@@ -192,7 +202,7 @@ class Coordinator:
         self.parked.discard(learner)
         self.learner_failures += 1
         self.telemetry.lose(learner)
-        work = self.in_flight.pop(learner, None)
+        work = self._take_back(learner)
         if work is not None:
             self.data.give_back(work.batch)
         if not self.live:
@@ -219,11 +229,12 @@ class Coordinator:
         Their mini-batches are handed out again; every learner the run starts is live, and c counts
         them all. A hardsync round cut by the checkpoint is applied with the gradients it holds, since
         its contributors cannot tell their new process apart from a second push in the round.
+        --ssp counts pushes from here on: a learner lost before is not waited for until it catches up.
         """
-        for work in self.in_flight.values():
-            self.data.give_back(work.batch)
-        self.in_flight.clear()
+        for learner in sorted(self.in_flight):
+            self.data.give_back(self._take_back(learner).batch)  # type: ignore[union-attr]
         self.gate.waiting.clear()
+        self.gate.restart()
         self.parked.clear()
         self.live.clear()
         self.live.update(range(self.learners))
@@ -237,6 +248,13 @@ class Coordinator:
         """Every learner has been stopped or lost."""
         return not self.live
 
+    def _take_back(self, learner: int) -> Work | None:
+        """``learner`` will not push a gradient for its work: the server's pull of those weights ends."""
+        work = self.in_flight.pop(learner, None)
+        if work is not None:
+            self.server.release(work.timestamp)
+        return work
+
     # -- answers ----------------------------------------------------------------------------------
     def _answer(self, learners: list[int], outcome: Outcome) -> None:
         """Give each learner the next mini-batch, park it, or stop it; stopping may release others."""
@@ -247,7 +265,7 @@ class Coordinator:
                 continue
             batch = None if self.stopping else self.data.take()
             if batch is not None:
-                work = Work(batch, self.server.clock)
+                work = Work(batch, self.server.pull()[1])
                 self.in_flight[learner] = work
                 outcome.answers.append((learner, work))
             elif self.in_flight and not self.stopping:  # one may come back, if its learner is lost
@@ -295,6 +313,8 @@ class Coordinator:
             "loss_sum": dict(self.loss_sum),
             "loss_count": dict(self.loss_count),
             "telemetry": self.telemetry.state_dict(),
+            "pushes": self.gate.pushes.copy(),
+            "pushes_ahead_max": self.gate.ahead_max,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -308,5 +328,8 @@ class Coordinator:
         self.consecutive_rejections = state["consecutive_rejections"]
         self.loss_sum = dict(state["loss_sum"])
         self.loss_count = dict(state["loss_count"])
+        if "pushes" in state:  # absent before --ssp
+            self.gate.pushes = list(state["pushes"])
+            self.gate.ahead_max = state["pushes_ahead_max"]
         if "telemetry" in state:  # absent from checkpoints written before per-learner telemetry
             self.telemetry.load_state_dict(state["telemetry"])

@@ -71,12 +71,19 @@ class PullGate:
     waiting (the round's update is then applied) and answers them together in learner order,
     which is what gives learner l the mini-batch rλ + l of round r. ``live`` is the coordinator's
     set of live learners, read here, never changed.
+
+    ``ssp`` (bounded staleness, Ho et al. 2013) holds the pull of a learner that has pushed more
+    than ``ssp`` gradients more than the slowest live learner, until that one catches up; waiting
+    learners are answered in learner order. ``ssp = 0`` moves the learners in rounds.
     """
 
-    def __init__(self, protocol: Protocol, live: set[int]) -> None:
+    def __init__(self, protocol: Protocol, live: set[int], ssp: int | None = None) -> None:
         self.blocking = protocol.blocking
         self.live = live
+        self.ssp = ssp
         self.waiting: set[int] = set()
+        self.pushes = [0] * (max(live) + 1 if live else 0)  # gradients applied, per learner
+        self.ahead_max = 0  # under ssp: the most pushes a live learner was ahead of the slowest, at any push
 
     def request(self, learner: int, hold: bool = True) -> list[int]:
         """Learner ``learner`` asks for weights; returns the learners to answer now.
@@ -84,19 +91,38 @@ class PullGate:
         ``hold=False`` answers at once even under hardsync (a rejected gradient is redone
         within the same round).
         """
-        if not self.blocking or not hold:
+        if not hold or not (self.blocking or self.ssp is not None):
             return [learner]
         self.waiting.add(learner)
         return self._release()
 
+    def pushed(self, learner: int) -> None:
+        """``learner``'s gradient was applied (a learner that catches up releases others at its next request)."""
+        self.pushes[learner] += 1
+        if self.ssp is not None and self.live:  # O(λ): measured only where it is promised
+            counts = [self.pushes[live] for live in self.live]
+            self.ahead_max = max(self.ahead_max, max(counts) - min(counts))
+
     def forget(self, learner: int) -> list[int]:
         """A learner has left the live set: the others may no longer need to wait for it."""
         self.waiting.discard(learner)
-        return self._release() if self.blocking else []
+        return self._release()
+
+    def restart(self) -> None:
+        """Count pushes afresh (new learner processes)."""
+        self.pushes = [0] * len(self.pushes)
 
     def _release(self) -> list[int]:
-        if self.live and self.waiting >= self.live:
+        if self.blocking:
+            if self.live and self.waiting >= self.live:
+                released = sorted(self.waiting)
+                self.waiting.clear()
+                return released
+            return []
+        if self.ssp is None or not self.live:
             released = sorted(self.waiting)
-            self.waiting.clear()
-            return released
-        return []
+        else:
+            slowest = min(self.pushes[learner] for learner in self.live)
+            released = sorted(l for l in self.waiting if self.pushes[l] - slowest <= self.ssp)
+        self.waiting.difference_update(released)
+        return released

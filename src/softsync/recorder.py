@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .board import Board
+from .coordinator import Coordinator
 from .rundir import METRICS, STATUS, SUMMARY, atomic_write_bytes
 from .server import ParameterServer
 from .telemetry import LearnerCounts, Telemetry
@@ -276,15 +277,9 @@ class Recorder:
             self.board_seen = tuple(board["seen"])
             self.board_histogram = dict(board["histogram"])
 
-    def finish(
-        self,
-        server: ParameterServer,
-        status: str,
-        telemetry: Telemetry,
-        learner_failures: int = 0,
-        virtual_s: float | None = None,
-    ) -> dict:
+    def finish(self, coordinator: Coordinator, status: str, virtual_s: float | None = None) -> dict:
         """Write summary.json and return it."""
+        server, telemetry = coordinator.server, coordinator.telemetry
         self.progress.close()
         wall = self.wall_s
         samples = server.accepted_gradients * self.config.batch_size
@@ -297,12 +292,17 @@ class Recorder:
             "updates": server.clock,
             "gradients": server.accepted_gradients,
             "rejected_gradients": server.rejected_gradients,
-            "learner_failures": learner_failures,
+            "dropped_gradients": server.dropped_gradients,
+            "learner_failures": coordinator.learner_failures,
             "samples": samples,
             "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
             "wall_s": round(wall, 4),
             "epoch_end_s": round(self.epoch_end_s, 4),
             "staleness": server.stats.summary(),
+            # copies of θ kept at once for a --correction (θ_{t−τ} of gradients in flight), and the last momentum
+            "weight_versions": server.versions.peak if server.versions is not None else 0,
+            "momentum": server.effective_momentum,
+            "pushes_ahead_max": coordinator.gate.ahead_max if coordinator.gate.ssp is not None else None,
             "learners": telemetry.rows(self.training_s(virtual_s), self.config.batch_size),
         }
         if virtual_s is not None:

@@ -3,8 +3,12 @@
 It knows nothing about transport or time: engines call ``pull`` and ``push`` in the order
 events happen (the coordinator does, for both engines). On each update (docs/design.md §1)
 
-    G = (1/|B|) · Σ_l (α(τ_l)/α0) · g_l,   τ_l = i − j_l
+    G = (1/|B|) · Σ_l (α(τ_l)/α0) · correct(g_l),   τ_l = i − j_l
     torch.optim.SGD.step(G) at lr α0 · schedule(epoch);  i ← i + 1
+
+A policy may drop a gradient instead (α(τ) is None): it is not applied, and its mini-batch is
+computed again. A correction (corrections.py) needs θ_{j_l}, which the server keeps while a
+gradient computed on it is out (versions.py).
 
 Gradients are scaled and summed as they arrive: the clock cannot move while the buffer
 fills, so τ_l known at push time is the τ_l of the update that will apply it.
@@ -18,8 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .corrections import Correction
 from .protocol import Protocol
 from .staleness import StalenessStats, get_policy
+from .versions import WeightVersions
 
 
 def learning_rate(base_lr: float, epoch: int, steps: tuple[int, ...] = (), gamma: float = 0.1) -> float:
@@ -29,10 +35,11 @@ def learning_rate(base_lr: float, epoch: int, steps: tuple[int, ...] = (), gamma
 
 @dataclass
 class PushResult:
-    accepted: bool  # False: non-finite, from the future, the wrong size, or a second gradient in a hardsync round
+    accepted: bool  # False: dropped, or rejected: non-finite, from the future, the wrong size, a second in a round
     updated: bool  # True when this push completed the buffer and an update was applied
     staleness: int
-    reason: str = ""
+    reason: str = ""  # why it was rejected ("" if it was accepted or dropped)
+    dropped: bool = False  # the policy drops a gradient this stale: not applied, its mini-batch is redone
 
 
 class ParameterServer:
@@ -40,6 +47,9 @@ class ParameterServer:
 
     ``weights`` is a flat tensor that the server updates in place (engines may let a local
     learner compute directly on it). ``learners`` is how many learners c is computed from.
+    ``momentum_correction``: the SGD momentum of each update is ``momentum`` less the implicit
+    momentum 1 − 1/⟨τ⟩ that asynchrony adds (Mitliagkas et al. 2016), never below 0, with ⟨τ⟩ the
+    mean staleness of the gradients applied so far.
     """
 
     def __init__(
@@ -53,6 +63,8 @@ class ParameterServer:
         lr_policy: str = "staleness",
         lr_steps: tuple[int, ...] = (),
         lr_gamma: float = 0.1,
+        correction: Correction | None = None,
+        momentum_correction: bool = False,
     ) -> None:
         self.weights = weights
         self.protocol = protocol
@@ -60,7 +72,11 @@ class ParameterServer:
         self.base_lr = lr
         self.lr_steps = tuple(lr_steps)
         self.lr_gamma = lr_gamma
-        self.policy = get_policy(lr_policy)
+        self.policy = get_policy(lr_policy, protocol.n)
+        self.correction = correction or Correction()
+        self.versions = WeightVersions() if self.correction.needs_versions else None
+        self.momentum = momentum
+        self.momentum_correction = momentum_correction
         # fused: one pass over θ, gradient and momentum instead of three (same arithmetic, ~1e-8 apart)
         fused = weights.dtype in (torch.float32, torch.float64) and weights.device.type == "cpu"
         self.optimizer = torch.optim.SGD(
@@ -70,22 +86,35 @@ class ParameterServer:
         self.epoch = 0
         self.accepted_gradients = 0
         self.rejected_gradients = 0  # counted here only: by push, and by reject for a message refused before it
+        self.dropped_gradients = 0
         self.stats = StalenessStats()
         self._accumulator = torch.zeros_like(weights)
         self._sum: torch.Tensor | None = None  # Σ (α(τ)/α0) g over the buffer, in _accumulator when c > 1
         self._buffered = 0
         self._contributors: set[int] = set()  # learners in the current buffer
+        self._gap: torch.Tensor | None = None  # θ_t − θ_{t−τ} of the gradient being corrected
 
     # -- the two calls an engine makes -------------------------------------------------------
     def pull(self) -> tuple[torch.Tensor, int]:
-        """The current weights and their timestamp (the clock)."""
+        """The current weights and their timestamp (the clock), handed to a learner.
+
+        Every pull is matched by one ``push`` of a gradient computed on these weights, or one
+        ``release`` if none will come (its learner was lost, its message refused)."""
+        if self.versions is not None:
+            self.versions.hold(self.clock)
         return self.weights, self.clock
+
+    def release(self, timestamp: int) -> None:
+        """No gradient will come for the weights of ``timestamp`` handed out by a pull."""
+        if self.versions is not None:
+            self.versions.release(timestamp)
 
     def push(self, gradient: torch.Tensor, timestamp: int, learner: int) -> PushResult:
         """Buffer one gradient computed on the weights of clock ``timestamp``; update when full.
 
         The server may scale ``gradient`` in place but does not keep it after returning, so
-        a transport can receive the next message into the same buffer.
+        a transport can receive the next message into the same buffer. The push ends the pull
+        of ``timestamp``, whatever becomes of the gradient.
         """
         tau = self.clock - timestamp
         reason = ""
@@ -98,9 +127,16 @@ class ParameterServer:
         elif not math.isfinite(float(gradient.sum())):
             reason = "non-finite gradient"
         if reason:
+            self.release(timestamp)
             return self.reject(reason, tau)
 
-        scale = self.policy(tau, self.protocol.n)
+        scale = self.policy(tau)
+        if scale is None:
+            self.release(timestamp)
+            self.dropped_gradients += 1
+            return PushResult(False, False, tau, dropped=True)
+        self._correct(gradient, timestamp)
+        self.release(timestamp)  # before the update, which keeps a copy of θ only for gradients still out
         per_update = self.protocol.gradients_per_update(self.learners)
         if self._buffered == 0 and per_update == 1:
             # async: the gradient is the update, applied before we return; no copy on the hot path
@@ -118,6 +154,18 @@ class ParameterServer:
         if updated:
             self.apply_update()
         return PushResult(True, updated, tau)
+
+    def _correct(self, gradient: torch.Tensor, timestamp: int) -> None:
+        """Apply the correction to a gradient computed on the weights of ``timestamp``."""
+        if self.versions is None:
+            return
+        gap = None
+        if timestamp != self.clock:
+            then = self.versions.weights(timestamp, self.weights, self.clock)
+            if self._gap is None:
+                self._gap = torch.empty_like(self.weights)
+            gap = torch.sub(self.weights, then, out=self._gap)
+        self.correction.correct(gradient, gap, self.lr, self.momentum)
 
     def reject(self, reason: str, staleness: int = 0) -> PushResult:
         """Count a gradient that is not applied (also one refused before it reached the server)."""
@@ -149,8 +197,11 @@ class ParameterServer:
         assert self._sum is not None  # the buffer holds gradients
         if self._buffered > 1:
             self._sum.div_(self._buffered)
+        if self.versions is not None:
+            self.versions.before_update(self.weights, self.clock)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+            group["momentum"] = self.effective_momentum
         self.weights.grad = self._sum
         self.optimizer.step()
         self.weights.grad = None
@@ -158,6 +209,14 @@ class ParameterServer:
         self._buffered = 0
         self._contributors.clear()
         self.clock += 1
+
+    @property
+    def effective_momentum(self) -> float:
+        """The momentum of the next update: ``momentum``, less 1 − 1/⟨τ⟩ under --momentum-correction."""
+        if not self.momentum_correction:
+            return self.momentum
+        implicit = max(0.0, 1.0 - 1.0 / self.stats.mean) if self.stats.mean > 0 else 0.0
+        return max(0.0, self.momentum - implicit)
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -175,6 +234,9 @@ class ParameterServer:
             "buffer_sum": None if self._sum is None else self._sum.clone(),
             "buffered": self._buffered,
             "contributors": sorted(self._contributors),
+            "dropped_gradients": self.dropped_gradients,
+            "versions": None if self.versions is None else self.versions.state_dict(),
+            "correction": self.correction.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -189,3 +251,8 @@ class ParameterServer:
         self.stats = StalenessStats(state["staleness_histogram"])
         self._buffered = state["buffered"]
         self._contributors = set(state["contributors"])
+        self.dropped_gradients = state.get("dropped_gradients", 0)  # absent before issue 13
+        if self.versions is not None and state.get("versions") is not None:
+            self.versions.load_state_dict(state["versions"])
+        if state.get("correction"):
+            self.correction.load_state_dict(state["correction"])

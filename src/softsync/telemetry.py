@@ -18,6 +18,7 @@ class LearnerCounts:
     staleness_sum: int = 0
     staleness_max: int = 0
     rejected: int = 0
+    dropped: int = 0  # too stale for --lr-policy drop: not applied, mini-batch redone
     failures: int = 0
     compute_s: float = 0.0  # computing gradients (a straggler's slowdown included)
     wait_s: float = 0.0  # waiting for weights: the link, the server, a hardsync round
@@ -45,6 +46,9 @@ class Telemetry:
 
     def rejected(self, learner: int) -> None:
         self.counts[learner].rejected += 1
+
+    def dropped(self, learner: int) -> None:
+        self.counts[learner].dropped += 1
 
     def lose(self, learner: int) -> None:
         self.counts[learner].failures += 1
@@ -82,6 +86,7 @@ class Telemetry:
                     "compute_fraction": interval.compute_s / busy if busy > 0 else 0.0,
                     "wait_fraction": interval.wait_s / busy if busy > 0 else 0.0,
                     "rejected": interval.rejected,
+                    "dropped": interval.dropped,
                     "failures": interval.failures,
                 }
             )

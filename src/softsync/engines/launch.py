@@ -83,8 +83,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             server.coordinator.restart_learners()  # new learner processes: what the old ones computed is lost
         serving = server
         status = server.serve()
-        coordinator = server.coordinator
-        summary = parts.recorder.finish(parts.server, status, coordinator.telemetry, coordinator.learner_failures)
+        summary = parts.recorder.finish(server.coordinator, status)
         server.report_status(status)
         (out / PROCESSES).unlink(missing_ok=True)
         dist.destroy_process_group()

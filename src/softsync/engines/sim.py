@@ -243,9 +243,6 @@ def run_sim(config: TrainConfig, checkpoint: dict | None, given: Given | None = 
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             engine.report_status("interrupted" if interrupted else "failed", "" if interrupted else first_line(error))
             raise
-        coordinator = engine.coordinator
-        summary = parts.recorder.finish(
-            parts.server, status, coordinator.telemetry, coordinator.learner_failures, virtual_s=engine.now
-        )
+        summary = parts.recorder.finish(engine.coordinator, status, virtual_s=engine.now)
         engine.report_status(status)
         return summary
