@@ -5,7 +5,11 @@ The oracles: a correction at τ = 0 changes nothing (hardsync ends with exactly 
 bit, and each formula is checked against its hand computation on the server alone.
 """
 
+import json
 import math
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -265,3 +269,54 @@ def test_bad_values_exit_2_with_one_line(tmp_path, capsys, flags, words):
     line = fails_with_one_line(["train", "--dataset", "synthetic", "--out", str(tmp_path / "run"), *flags], capsys)
     assert words in line
     assert not (tmp_path / "run").exists()
+
+
+# -- the same under dist (real processes) ------------------------------------------------------------------
+DIST = dict(engine="dist", dataset="synthetic", model="mlp", batch_size=16, quiet=True, timeout=60)
+
+
+@pytest.mark.dist
+def test_dist_hardsync_with_every_method_on_equals_sim_hardsync_without(tmp_path, synthetic):
+    options = dict(protocol="hardsync", learners=3, epochs=2, seed=4, momentum=0.9, lr=0.05)
+    methods = dict(correction="gap-aware", momentum_correction=True, lr_policy="drop:r=1")
+    dist_summary = train(out=str(tmp_path / "dist"), **{**DIST, **options, **methods})
+    train(out=str(tmp_path / "sim"), **{**DIST, **options, "engine": "sim"})
+    difference = (final_weights(tmp_path / "dist") - final_weights(tmp_path / "sim")).abs().max().item()
+    assert difference < 1e-5, difference
+    assert dist_summary["weight_versions"] == 0 and dist_summary["dropped_gradients"] == 0
+
+
+@pytest.mark.dist
+def test_dist_async_with_ssp_a_correction_and_drop_applies_every_mini_batch_once(tmp_path):
+    summary = train(
+        out=str(tmp_path / "run"),
+        protocol="async",
+        learners=3,
+        epochs=2,
+        ssp=0,
+        correction="dc-asgd",
+        lr_policy="drop:r=2",
+        learner_speeds=(1.0, 1.0, 0.25),
+        **DIST,
+    )
+    assert summary["status"] == "completed" and summary["gradients"] == 2 * (2048 // 16)
+    assert summary["pushes_ahead_max"] <= 1  # s + 1
+    assert summary["staleness"]["max"] < 2  # drop:r=2
+    assert summary["weight_versions"] >= 1
+
+
+@pytest.mark.dist
+def test_dist_ssp_survives_a_killed_learner(tmp_path):
+    from test_dist import error_lines, start
+
+    process, processes = start(
+        tmp_path / "run", *"--learners 3 --protocol async --ssp 1 --epochs 30 --learner-speeds 0.1,0.1,0.1".split()
+    )
+    time.sleep(0.5)  # mid-run
+    os.kill(next(p for p in processes if p["rank"] == 2)["pid"], signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert len(error_lines(err)) == 1 and "learner 1 (rank 2) was lost" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["learner_failures"] == 1
+    assert summary["gradients"] == 30 * (2048 // 16) and summary["pushes_ahead_max"] <= 2
