@@ -44,6 +44,12 @@ kind = "final"
 x = "learners"
 y = "speedup"
 ideal = true
+
+[[figure]]
+kind = "final"
+name = "tradeoff"
+x = "samples_per_s"
+by = ["protocol"]
 """
 
 
@@ -76,7 +82,7 @@ def test_sweep_runs_the_grid_and_skips_finished_runs(tmp_path):
         assert int(row["epochs"]) == 1
     markdown = (out / "results.md").read_text().strip().splitlines()
     assert len(markdown) == 2 + 4 and markdown[0].startswith("| protocol | learners | status | test_error")
-    for figure in ["staleness.png", "test-error-1-softsync.png", "test-error-async.png", "final.png"]:
+    for figure in ["staleness.png", "test-error-1-softsync.png", "test-error-async.png", "final.png", "tradeoff.png"]:
         assert (out / figure).stat().st_size > 1000, figure
 
     finished = {row["run"]: (out / "runs" / row["run"] / "summary.json").stat().st_mtime_ns for row in table}

@@ -51,6 +51,7 @@ from .rundir import CONFIG, METRICS, SUMMARY, read_metrics, run_progress
 from .staleness import StalenessStats
 
 FINAL_Y = ("test_error", "test_loss", "samples_per_s", "speedup", "staleness_mean")
+FINAL_X = ("samples_per_s", "staleness_mean")  # results a figure may also put on x (a trade-off: error against speed)
 # options a rerun may change without making a finished run a different run
 VOLATILE = {"out", "resume", "quiet", "timeout", "data_dir"}
 
@@ -163,11 +164,13 @@ def check_figure(figure: dict, runs: list[SweepRun], grid_keys: list[str], where
         x, y = figure.get("x"), figure.get("y", "test_error")
         if y not in FINAL_Y:
             raise ConfigError(f"{where}: figure y = {y!r} is unknown: use {', '.join(FINAL_Y)}")
-        numeric = x == "mu_lambda" or (
+        numeric = x in ("mu_lambda", *FINAL_X) or (
             x in grid_keys and all(_number(run.labels[x]) for run in runs if x in run.labels)
         )
         if not numeric:
-            raise ConfigError(f"{where}: figure x = {x!r} must be mu_lambda or a grid key with numbers as values")
+            raise ConfigError(
+                f"{where}: figure x = {x!r} must be mu_lambda, {', '.join(FINAL_X)} or a grid key with numbers as values"
+            )
         unknown = [key for key in figure.get("by", []) if key not in grid_keys]
         if unknown:
             raise ConfigError(f"{where}: figure by = {unknown[0]!r} is not a grid key ({', '.join(grid_keys)})")
