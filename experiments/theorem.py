@@ -67,7 +67,7 @@ def slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of log y against log x."""
     xs, ys = [math.log(x) for x, _ in points], [math.log(y) for _, y in points]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
 
 
 def main() -> None:
@@ -134,7 +134,7 @@ def write(rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        "| protocol | α(τ) | ⟨τ⟩ | fitted slope of the average ‖∇F‖² against T | " + "T: average ‖∇F‖² |",
+        "| protocol | α(τ) | ⟨τ⟩ | fitted slope of the average ‖∇F‖² against T | T: average ‖∇F‖² |",
         "|---|---|---|---|---|",
     ]
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
