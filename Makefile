@@ -52,6 +52,7 @@ bench: setup
 	$(PYTHON) bench/vs_ddp.py
 	$(PYTHON) bench/user_spec.py
 	$(PYTHON) bench/tensorboard_overhead.py
+	$(PYTHON) bench/corrections.py
 
 # the paper's experiments (about an hour on 2 cores); results in docs/results.md. A rerun skips finished runs.
 EXPERIMENTS := runs/experiments
