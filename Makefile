@@ -54,7 +54,7 @@ bench: setup
 	$(PYTHON) bench/tensorboard_overhead.py
 	$(PYTHON) bench/corrections.py
 
-# the paper's experiments (about an hour on 2 cores); results in docs/results.md. A rerun skips finished runs.
+# the paper's experiments (about an hour on 2 cores) and issue 13's (about another hour); results in docs/results.md. A rerun skips finished runs.
 EXPERIMENTS := runs/experiments
 experiments: setup
 	$(VENV)/bin/softsync sweep experiments/fig1-staleness.toml --out $(EXPERIMENTS)/fig1-staleness --jobs 2
@@ -64,6 +64,9 @@ experiments: setup
 	$(PYTHON) experiments/calibrate_speedup.py
 	$(VENV)/bin/softsync sweep experiments/speedup-measured.toml --out $(EXPERIMENTS)/speedup-measured
 	$(VENV)/bin/softsync sweep experiments/speedup-predicted.toml --out $(EXPERIMENTS)/speedup-predicted --jobs 2
+	$(VENV)/bin/softsync sweep experiments/corrections.toml --out $(EXPERIMENTS)/corrections --jobs 2
+	$(VENV)/bin/softsync sweep experiments/ssp.toml --out $(EXPERIMENTS)/ssp --jobs 2
+	$(PYTHON) experiments/theorem.py experiments/theorem.toml --out $(EXPERIMENTS)/theorem
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
