@@ -90,6 +90,7 @@ def main() -> None:
             for epochs in theorem["epochs"]:
                 updates = epochs * per_epoch // c
                 lr = theorem["lr_c"] / math.sqrt(updates)
+                torch.manual_seed(0)  # the same θ0 for every run
                 model = RecordingLinear(theorem["dimensions"])
                 out = args.out / "runs" / f"{protocol}-{policy}-e{epochs}"
                 summary = train(
