@@ -70,56 +70,56 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("runs/experiments/theorem"))
-    args = parser.parse_args()
-    spec = tomllib.loads(args.experiment.read_text())
+def plan(spec: dict) -> list[dict]:
+    """The runs of a theorem.toml: softsync.train options for each protocol, policy and T (α0 = lr_c/√T)."""
     base, theorem = spec["base"], spec["theorem"]
-    torch.set_num_threads(1)
-    shutil.rmtree(args.out / "runs", ignore_errors=True)  # this script's own runs: each time from scratch
-    data = problem(theorem["samples"], theorem["dimensions"])
     per_epoch = theorem["samples"] // base["batch_size"]
-    rows = []
+    runs = []
     for protocol in theorem["protocols"]:
         c = parse_protocol(protocol, base["learners"]).gradients_per_update(base["learners"])
         for policy in theorem["lr_policies"]:
             if protocol == "hardsync" and policy != theorem["lr_policies"][0]:
                 continue  # τ = 0: every policy is the same run
             for epochs in theorem["epochs"]:
-                updates = epochs * per_epoch // c
-                lr = theorem["lr_c"] / math.sqrt(updates)
-                torch.manual_seed(0)  # the same θ0 for every run
-                model = RecordingLinear(theorem["dimensions"])
-                out = args.out / "runs" / f"{protocol}-{policy}-e{epochs}"
-                summary = train(
-                    model=model,
-                    data=(data, data),  # evaluation on the training set: F is the training objective
-                    out=str(out),
-                    protocol=protocol,
-                    lr_policy=policy,
-                    lr=lr,
-                    epochs=epochs,
-                    **base,
-                )
-                # the first record is θ0, from the check softsync runs on one mini-batch before training
-                iterates = model.iterates[1:]
-                assert len(iterates) == epochs, (len(iterates), epochs)
-                norms = [full_gradient_norm(iterate, data, theorem["dimensions"]) for iterate in iterates]
-                row = {
-                    "protocol": protocol,
-                    "lr_policy": policy,
-                    "epochs": epochs,
-                    "T": summary["updates"],
-                    "lr": lr,
-                    "staleness_mean": summary["staleness"]["mean"],
-                    "average_grad_norm2": sum(norms) / len(norms),
-                    "final_grad_norm2": norms[-1],
-                    "status": summary["status"],
-                }
-                rows.append(row)
-                print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                lr = theorem["lr_c"] / math.sqrt(epochs * per_epoch // c)
+                runs.append({**base, "protocol": protocol, "lr_policy": policy, "lr": lr, "epochs": epochs})
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("runs/experiments/theorem"))
+    args = parser.parse_args()
+    spec = tomllib.loads(args.experiment.read_text())
+    dimensions = spec["theorem"]["dimensions"]
+    torch.set_num_threads(1)
+    shutil.rmtree(args.out / "runs", ignore_errors=True)  # this script's own runs: each time from scratch
+    data = problem(spec["theorem"]["samples"], dimensions)
+    rows = []
+    for options in plan(spec):
+        torch.manual_seed(0)  # the same θ0 for every run (nn.Linear draws from the global generator)
+        model = RecordingLinear(dimensions)
+        name = f"{options['protocol']}-{options['lr_policy']}-e{options['epochs']}"
+        # evaluation on the training set: F is the training objective
+        summary = train(model=model, data=(data, data), out=str(args.out / "runs" / name), **options)
+        # the first record is θ0, from the check softsync runs on one mini-batch before training
+        iterates = model.iterates[1:]
+        assert len(iterates) == options["epochs"], (len(iterates), options["epochs"])
+        norms = [full_gradient_norm(iterate, data, dimensions) for iterate in iterates]
+        row = {
+            "protocol": options["protocol"],
+            "lr_policy": options["lr_policy"],
+            "epochs": options["epochs"],
+            "T": summary["updates"],
+            "lr": options["lr"],
+            "staleness_mean": summary["staleness"]["mean"],
+            "average_grad_norm2": sum(norms) / len(norms),
+            "final_grad_norm2": norms[-1],
+            "status": summary["status"],
+        }
+        rows.append(row)
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     write(rows, args.out)
 
 

@@ -172,7 +172,26 @@ def test_load_experiment_of_every_shipped_experiment():
     files = sorted(Path(__file__).parent.parent.joinpath("experiments").glob("*.toml"))
     assert files
     for path in files:
+        if path.name == "theorem.toml":  # read by experiments/theorem.py, which needs the iterates
+            continue
         assert load_experiment(path).runs, path
+
+
+def test_the_theorem_experiment_plans_valid_runs():
+    import importlib.util
+    import tomllib
+    from pathlib import Path
+
+    from softsync.config import make_config
+
+    experiments = Path(__file__).parent.parent / "experiments"
+    spec = importlib.util.spec_from_file_location("theorem", experiments / "theorem.py")
+    theorem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(theorem)
+    runs = theorem.plan(tomllib.loads((experiments / "theorem.toml").read_text()))
+    assert len(runs) == 6 * (1 + 4 * 2)  # T values × (hardsync + 4 softsync levels × 2 policies)
+    for options in runs:
+        make_config(**options)
 
 
 def test_figure_functions_write_pngs(tmp_path):
