@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from softsync import train
+from softsync.cli import main
 from softsync.coordinator import Coordinator
 from softsync.corrections import DelayCompensation, GapAware, make_correction
 from softsync.data import DataServer
@@ -222,15 +223,20 @@ def test_a_corrected_run_resumes_bit_for_bit(tmp_path, synthetic, monkeypatch):
     assert resumed["weight_versions"] == whole_summary["weight_versions"]
 
 
-def test_drop_never_applies_a_gradient_that_stale_and_still_uses_every_mini_batch_once(tmp_path, synthetic):
+def test_drop_never_applies_a_gradient_that_stale_and_still_uses_every_mini_batch_once(tmp_path, synthetic, capsys):
     speeds = (1.0, 1.0, 1.0, 0.25)
-    _, summary = run(
+    out, summary = run(
         tmp_path, "drop", synthetic, protocol="async", learners=4, epochs=2, lr_policy="drop:r=4", learner_speeds=speeds
     )
     assert summary["dropped_gradients"] > 0 and summary["status"] == "completed"
     assert summary["staleness"]["max"] < 4
     assert summary["gradients"] == 2 * (2048 // 16)  # every mini-batch applied exactly once per epoch
     assert sum(row["dropped"] for row in summary["learners"]) == summary["dropped_gradients"]
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    assert f"{summary['dropped_gradients']} dropped" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert "dropped gradients" in (out / "report.html").read_text()
 
 
 @pytest.mark.parametrize("ssp", [0, 2])

@@ -18,7 +18,7 @@ K = 10  # --log-every
 SMALL = dict(dataset="synthetic", model="mlp", protocol="async", epochs=2, batch_size=32, quiet=True)
 EPOCH_TAGS = ("test_loss", "test_error", "train_loss", "lr")
 LEARNER_TAGS = ("samples_per_s", "staleness_mean", "compute_fraction")
-TRAIN_TAGS = ("samples_per_s", "staleness_mean", "rejected_gradients")
+TRAIN_TAGS = ("samples_per_s", "staleness_mean", "rejected_gradients", "dropped_gradients")
 
 
 def read_events(run):

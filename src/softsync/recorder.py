@@ -88,7 +88,7 @@ class Recorder:
 
     def board_training(self, server: ParameterServer, virtual_s: float | None) -> None:
         """train/samples_per_s and train/staleness_mean over the updates since the last ones, train/rejected_gradients
-        (since the run began), at the server's clock."""
+        and train/dropped_gradients (since the run began), at the server's clock."""
         assert self.board is not None  # without one, board_due is never reached
         training = self.training_s(virtual_s)
         count, total = staleness_totals(server.stats.histogram)
@@ -99,6 +99,7 @@ class Recorder:
             "train/samples_per_s": samples / interval if interval > 0 else 0.0,
             "train/staleness_mean": (total - seen_total) / new if new else 0.0,
             "train/rejected_gradients": server.rejected_gradients,
+            "train/dropped_gradients": server.dropped_gradients,
         }
         self.board.scalars(scalars, server.clock, virtual_s if virtual_s is not None else self.wall_s)
         self.board_seen = (training, server.accepted_gradients, count, total)
@@ -238,6 +239,7 @@ class Recorder:
             "updates": server.clock,
             "gradients": server.accepted_gradients,
             "rejected_gradients": server.rejected_gradients,
+            "dropped_gradients": server.dropped_gradients,
             "interval_s": interval,
             "samples_per_s": (server.accepted_gradients - seen_gradients) * self.config.batch_size / interval
             if interval > 0

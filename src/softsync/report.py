@@ -141,6 +141,9 @@ def summary_rows(run: Run) -> list[list]:
         ["updates", summary.get("updates")],
         ["gradients", summary.get("gradients")],
         ["rejected gradients", summary.get("rejected_gradients")],
+        ["dropped gradients", summary.get("dropped_gradients")],
+        ["copies of θ kept (--correction)", summary.get("weight_versions")],
+        ["most pushes ahead (--ssp)", summary.get("pushes_ahead_max")],
         ["samples", summary.get("samples")],
         [_per_second(run), summary.get("samples_per_s")],
         ["staleness mean", _staleness(run, "mean")],
@@ -189,6 +192,7 @@ LEARNER_HEADERS = [
     "computing",
     "waiting",
     "rejected",
+    "dropped",
     "failures",
 ]
 
@@ -215,6 +219,7 @@ def learners_section(run: Run) -> str:
                 _percent(row.get("compute_fraction")),
                 _percent(row.get("wait_fraction")),
                 row.get("rejected"),
+                row.get("dropped"),
                 row.get("failures"),
             ]
         )

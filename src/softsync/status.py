@@ -72,7 +72,8 @@ def describe(run_dir: str | Path, now: float | None = None) -> str:
         f"{run}: {state}",
         f"  updated {age:.1f} s ago by pid {status['pid']} on {status['host']} ({status['engine']} engine)",
         f"  epoch {status['epoch']}/{status['epochs']}, {status['updates']} updates, {status['gradients']} gradients"
-        f" ({status['rejected_gradients']} rejected)",
+        f" ({status['rejected_gradients']} rejected"
+        + (f", {status['dropped_gradients']} dropped)" if status.get("dropped_gradients") else ")"),
         f"  last {status['interval_s']:.3g} {clock}: {status['samples_per_s']:.1f} samples/{clock.split()[-1]}"
         f"{'' if clock == 's' else ' (virtual)'}, mean staleness "
         + ("n/a" if staleness is None else f"{staleness:.2f}"),

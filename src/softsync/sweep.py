@@ -169,7 +169,8 @@ def check_figure(figure: dict, runs: list[SweepRun], grid_keys: list[str], where
         )
         if not numeric:
             raise ConfigError(
-                f"{where}: figure x = {x!r} must be mu_lambda, {', '.join(FINAL_X)} or a grid key with numbers as values"
+                f"{where}: figure x = {x!r} must be mu_lambda, {', '.join(FINAL_X)} "
+                "or a grid key with numbers as values"
             )
         unknown = [key for key in figure.get("by", []) if key not in grid_keys]
         if unknown:
