@@ -326,3 +326,17 @@ def test_dist_ssp_survives_a_killed_learner(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["learner_failures"] == 1
     assert summary["gradients"] == 30 * (2048 // 16) and summary["pushes_ahead_max"] <= 2
+
+
+def test_drop_does_not_hand_a_straggler_its_own_dropped_mini_batch_again(tmp_path, synthetic):
+    speeds = (1.0, 1.0, 1.0, 0.25)  # the straggler's τ ≈ 12 ≥ r = 8: every gradient of it is dropped
+    out, summary = run(
+        tmp_path, "drop", synthetic, protocol="async", learners=4, epochs=3, lr_policy="drop", learner_speeds=speeds
+    )
+    updates = [json.loads(line)["updates"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["dropped_gradients"] > 0 and updates == sorted(set(updates))  # each epoch ends at its own time
+
+
+def test_ssp_inf_as_a_toml_float_is_unbounded(tmp_path, synthetic):
+    _, summary = run(tmp_path, "inf", synthetic, protocol="async", learners=2, epochs=1, ssp=math.inf)
+    assert summary["pushes_ahead_max"] is None
