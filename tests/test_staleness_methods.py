@@ -91,8 +91,8 @@ def test_gap_aware_divides_by_one_plus_the_gap_over_the_step_reach():
     server.push(g1.clone(), first, learner=1)
     theta1 = server.weights.clone()
     server.push(g2.clone(), first, learner=0)
-    average = (0.999 * 0.001 * g1.abs() + 0.001 * g2.abs()) / (1 - 0.999**2)  # bias-corrected mean of |g|
-    reach = 0.5 * average / (1 - 0.5)
+    mean_square = (0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2) / (1 - 0.999**2)  # bias-corrected mean of g²
+    reach = 0.5 * (mean_square.sqrt() + 1e-8) / (1 - 0.5)
     corrected = g2 / (1 + (theta1 - theta0).abs() / reach)
     momentum_buffer = 0.5 * g1 + corrected
     assert torch.allclose(server.weights, theta1 - 0.5 * momentum_buffer, rtol=1e-6, atol=0)
@@ -103,9 +103,33 @@ def test_a_fresh_gradient_is_not_corrected_but_updates_the_statistics():
         gradient = torch.tensor([3.0, -1.0])
         correction.correct(gradient, None, lr=0.1, momentum=0.9)
         assert torch.equal(gradient, torch.tensor([3.0, -1.0]))
-        assert correction.state_dict() != {"mean_square": None} and any(
-            value is not None for value in correction.state_dict().values()
-        )
+        assert correction.mean_square is not None and correction.mean_square.abs().sum() > 0
+
+
+def test_a_correction_is_given_the_momentum_of_the_update():
+    server = async_server("gap-aware", momentum=0.9)
+    server.momentum_correction = True
+    server.stats.add(4)  # ⟨τ⟩ = 4: implicit momentum 0.75, the update's is 0.15
+    given = []
+    correct = server.correction.correct
+    server.correction.correct = lambda gradient, gap, lr, momentum: (
+        given.append(momentum) or correct(gradient, gap, lr, momentum)
+    )
+    _, first = server.pull()
+    server.push(torch.ones(3), first, learner=0)
+    assert given == [pytest.approx(0.15)]
+
+
+@pytest.mark.parametrize("correction", ["dc-asgd", "dc-asgd-adaptive", "gap-aware"])
+def test_a_correction_never_applies_a_non_finite_gradient(correction):
+    server = async_server(correction, dc_lambda=1.0)
+    _, first = server.pull()
+    server.pull()
+    server.push(torch.ones(3), first, learner=1)
+    server.push(torch.tensor([1e20, -1e20, 1e20]), first, learner=0)  # g⊙g overflows: the gap times it is inf
+    assert torch.isfinite(server.weights).all()
+    if correction == "dc-asgd":
+        assert server.rejected_gradients == 1  # refused, not applied
 
 
 def test_drop_does_not_apply_the_gradient_and_counts_it():
