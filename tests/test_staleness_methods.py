@@ -364,3 +364,19 @@ def test_drop_does_not_hand_a_straggler_its_own_dropped_mini_batch_again(tmp_pat
 def test_ssp_inf_as_a_toml_float_is_unbounded(tmp_path, synthetic):
     _, summary = run(tmp_path, "inf", synthetic, protocol="async", learners=2, epochs=1, ssp=math.inf)
     assert summary["pushes_ahead_max"] is None
+
+
+def test_a_policy_parameter_given_twice_is_refused(tmp_path, capsys):
+    line = fails_with_one_line(
+        ["train", "--dataset", "synthetic", "--lr-policy", "poly:a=0.5,a=2", "--out", str(tmp_path / "run")], capsys
+    )
+    assert "a is given twice" in line
+
+
+def test_a_pull_while_stopping_releases_the_weights_it_held():
+    coordinator = coordinated("async", 2, batches=10)
+    coordinator.start()
+    coordinator.stopping = True
+    coordinator.pull(0)  # a confused learner asks again while its gradient is out: the run is ending
+    assert 0 not in coordinator.in_flight
+    assert coordinator.server.versions.holders == {coordinator.in_flight[1].timestamp: 1}

@@ -107,6 +107,7 @@ class Coordinator:
         """``learner`` asks for weights (its first request, or one after its push was refused)."""
         outcome = Outcome()
         if self.stopping:
+            self._take_back(learner)
             self._answer([learner], outcome)
         elif learner in self.in_flight:
             batch = self.in_flight[learner].batch
