@@ -53,48 +53,44 @@ def async_server(correction="none", learners=2, lr=0.5, momentum=0.0, policy="co
     return ParameterServer(weights, protocol, learners, lr=lr, momentum=momentum, lr_policy=policy, correction=correct)
 
 
-def test_dc_asgd_adds_lambda_g_g_times_the_gap_to_the_exact_weights_it_was_computed_on():
-    server = async_server("dc-asgd", dc_lambda=0.5)
-    _, first = server.pull()  # learner 0 computes on θ0
+G1, G2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
+
+
+def one_stale_push(server):
+    """Learners 0 and 1 pull θ0; 1 pushes G1 (θ1); 0 pushes G2, one update stale. Returns (θ0, θ1)."""
+    _, first = server.pull()
     theta0 = server.weights.clone()
     server.pull()
-    server.push(torch.tensor([1.0, 1.0, 1.0]), first, learner=1)  # θ1 = θ0 − 0.5
+    server.push(G1.clone(), first, learner=1)
     assert server.versions.peak == 1  # θ0 was copied: learner 0 still computes on it
     theta1 = server.weights.clone()
-    g = torch.tensor([2.0, -1.0, 0.5])
-    server.push(g.clone(), first, learner=0)  # τ = 1
-    corrected = g + 0.5 * g * g * (theta1 - theta0)
-    assert torch.equal(server.weights, theta1 - 0.5 * corrected)
+    server.push(G2.clone(), first, learner=0)  # τ = 1
     assert server.versions.holders == {} and server.versions.copies == {}  # nothing out: nothing kept
+    return theta0, theta1
+
+
+def test_dc_asgd_adds_lambda_g_g_times_the_gap_to_the_exact_weights_it_was_computed_on():
+    server = async_server("dc-asgd", dc_lambda=0.5)
+    theta0, theta1 = one_stale_push(server)
+    corrected = G2 + 0.5 * G2 * G2 * (theta1 - theta0)
+    assert torch.equal(server.weights, theta1 - 0.5 * corrected)
 
 
 def test_dc_asgd_adaptive_divides_lambda_by_the_root_mean_square():
     server = async_server("dc-asgd-adaptive", dc_lambda=2.0)
-    _, first = server.pull()
-    theta0 = server.weights.clone()
-    server.pull()
-    g1, g2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
-    server.push(g1.clone(), first, learner=1)
-    theta1 = server.weights.clone()
-    server.push(g2.clone(), first, learner=0)
-    mean_square = 0.95 * (0.05 * g1 * g1) + 0.05 * g2 * g2
-    corrected = g2 + 2.0 / torch.sqrt(mean_square + 1e-7) * g2 * g2 * (theta1 - theta0)
+    theta0, theta1 = one_stale_push(server)
+    mean_square = 0.95 * (0.05 * G1 * G1) + 0.05 * G2 * G2
+    corrected = G2 + 2.0 / torch.sqrt(mean_square + 1e-7) * G2 * G2 * (theta1 - theta0)
     assert torch.allclose(server.weights, theta1 - 0.5 * corrected, rtol=1e-6, atol=0)
 
 
 def test_gap_aware_divides_by_one_plus_the_gap_over_the_step_reach():
     server = async_server("gap-aware", momentum=0.5)
-    _, first = server.pull()
-    theta0 = server.weights.clone()
-    server.pull()
-    g1, g2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
-    server.push(g1.clone(), first, learner=1)
-    theta1 = server.weights.clone()
-    server.push(g2.clone(), first, learner=0)
-    mean_square = (0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2) / (1 - 0.999**2)  # bias-corrected mean of g²
+    theta0, theta1 = one_stale_push(server)
+    mean_square = (0.999 * 0.001 * G1 * G1 + 0.001 * G2 * G2) / (1 - 0.999**2)  # bias-corrected mean of g²
     reach = 0.5 * (mean_square.sqrt() + 1e-8) / (1 - 0.5)
-    corrected = g2 / (1 + (theta1 - theta0).abs() / reach)
-    momentum_buffer = 0.5 * g1 + corrected
+    corrected = G2 / (1 + (theta1 - theta0).abs() / reach)
+    momentum_buffer = 0.5 * G1 + corrected
     assert torch.allclose(server.weights, theta1 - 0.5 * momentum_buffer, rtol=1e-6, atol=0)
 
 
