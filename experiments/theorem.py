@@ -91,7 +91,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--out", type=Path, default=Path("runs/experiments/theorem"))
+    parser.add_argument("--replot", action="store_true", help="redraw theorem.md and theorem.png from OUT/theorem.csv")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.out / "theorem.csv") as handle:
+            numeric = ("epochs", "T", "lr", "staleness_mean", "average_grad_norm2", "final_grad_norm2")
+            rows = [{k: float(v) if k in numeric else v for k, v in row.items()} for row in csv.DictReader(handle)]
+        write([{**row, "T": int(row["T"]), "epochs": int(row["epochs"])} for row in rows], args.out)
+        return
     spec = tomllib.loads(args.experiment.read_text())
     dimensions = spec["theorem"]["dimensions"]
     torch.set_num_threads(1)
@@ -149,18 +156,20 @@ def write(rows: list[dict], out: Path) -> None:
         staleness = sum(p["staleness_mean"] for p in points) / len(points)
         values = ", ".join(f"{t}: {v:.3g}" for t, v in finite)
         lines.append(f"| {protocol} | {label} | {staleness:.2f} | {fitted:.2f} | {values} |")
-        style = "--" if label == "α0" else "-"
+        protocols = list(dict.fromkeys(row["protocol"] for row in rows))
+        variants = list(dict.fromkeys(row["variant"] for row in rows))
         axes.plot(
             [t for t, _ in finite],
             [v for _, v in finite],
-            style,
+            ("-", "-.", "--", ":")[variants.index(label) % 4],  # a style per variant, a colour per protocol
+            color=f"C{protocols.index(protocol)}",
             marker="o",
             markersize=3,
             label=f"{protocol}, {label} (slope {fitted:.2f})",
         )
     ts = sorted({row["T"] for row in rows})
     anchor = max(row["average_grad_norm2"] for row in rows if row["T"] == ts[0])
-    axes.plot(ts, [anchor * (t / ts[0]) ** -0.5 for t in ts], ":", color="grey", label="slope −1/2")
+    axes.plot(ts, [anchor * (t / ts[0]) ** -0.5 for t in ts], ":", color="black", label="slope −1/2")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("updates T")
