@@ -48,6 +48,7 @@ class DelayCompensation(Correction):
         self.dc_lambda = dc_lambda
         self.adaptive = adaptive
         self.mean_square: torch.Tensor | None = None
+        self.scratch: torch.Tensor | None = None  # reused: a fresh model-sized tensor per push costs page faults
 
     def correct(self, gradient: torch.Tensor, gap: torch.Tensor | None, lr: float, momentum: float) -> None:
         if self.adaptive:
@@ -58,11 +59,14 @@ class DelayCompensation(Correction):
             return
         if self.adaptive:
             assert self.mean_square is not None
+            if self.scratch is None:
+                self.scratch = torch.empty_like(gradient)
             # g / √MeanSquare first: it is bounded (by 1/√0.05), so the product cannot overflow where g⊙g would
-            term = gradient.div(self.mean_square.add(self.EPSILON).sqrt_()).mul_(gradient).mul_(gap)
+            root = torch.add(self.mean_square, self.EPSILON, out=self.scratch).sqrt_()
+            gap.mul_(torch.div(gradient, root, out=root))
         else:
-            term = gap.mul_(gradient).mul_(gradient)
-        gradient.add_(term, alpha=self.dc_lambda)
+            gap.mul_(gradient)
+        gradient.addcmul_(gap, gradient, value=self.dc_lambda)
 
     def state_dict(self) -> dict:
         return {"mean_square": None if self.mean_square is None else self.mean_square.clone()}
@@ -80,6 +84,7 @@ class GapAware(Correction):
     def __init__(self) -> None:
         self.mean_square: torch.Tensor | None = None  # running mean of g², not yet bias-corrected
         self.count = 0
+        self.scratch: torch.Tensor | None = None  # reused: a fresh model-sized tensor per push costs page faults
 
     def correct(self, gradient: torch.Tensor, gap: torch.Tensor | None, lr: float, momentum: float) -> None:
         if self.mean_square is None:
@@ -88,9 +93,11 @@ class GapAware(Correction):
         self.mean_square.mul_(self.BETA).addcmul_(gradient, gradient, value=1 - self.BETA)
         if gap is None:
             return
+        if self.scratch is None:
+            self.scratch = torch.empty_like(gradient)
         # C = α · (√v̂ + ε) / (1 − m), v̂ = v / (1 − β^count); the gap over C, plus 1, divides g
-        reach = self.mean_square.div(1.0 - self.BETA**self.count).sqrt_().add_(self.EPSILON)
-        reach.mul_(lr / (1.0 - momentum))
+        reach = torch.div(self.mean_square, 1.0 - self.BETA**self.count, out=self.scratch).sqrt_()
+        reach.add_(self.EPSILON).mul_(lr / (1.0 - momentum))
         gradient.div_(gap.abs_().div_(reach).add_(1.0))
 
     def state_dict(self) -> dict:
