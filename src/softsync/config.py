@@ -42,6 +42,8 @@ FLOAT_RANGES = {  # name: (low, high, (low included, high included), unit in the
     "step_jitter": (0.0, 1.0, (True, False), ""),
     "bandwidth": (1.0, 1e15, (True, True), " bytes per second"),  # 1 B/s to 1 PB/s
     "latency": (0.0, 1e6, (True, True), " seconds"),
+    "server_update_time": (0.0, 1.0, (True, True), " seconds per parameter"),
+    "server_answer_time": (0.0, 1.0, (True, True), " seconds per parameter"),
     "timeout": (0.0, 86400.0, (False, True), " seconds (at most a day)"),
     "dc_lambda": (0.0, 1e6, (True, True), ""),
 }
@@ -148,6 +150,19 @@ class TrainConfig:
         0,
         "sim: bytes of one pull or push on the link (0: the model's float32 weights); "
         "models a bigger network's traffic",
+    )
+    servers: int = _opt(
+        1,
+        "sim: parameter-server shards S, in [1, 1024]: θ is split in S slices, each on a server with its own link "
+        "and processor (the same arithmetic, S times the bandwidth and the server's speed); dist: 1 only, so far",
+    )
+    server_update_time: float = _opt(
+        0.0,
+        "sim: the server's seconds per parameter to apply an update (experiments/calibrate_speedup.py measures it); "
+        "updates and answers queue on the server",
+    )
+    server_answer_time: float = _opt(
+        0.0, "sim: the server's seconds per parameter to answer a pull (the copy of θ into the message)"
     )
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
@@ -379,6 +394,11 @@ def validate(config: TrainConfig) -> None:
         f"--synthetic-size {config.synthetic_size}: at most {MAX_SYNTHETIC_SIZE} samples (they are held in memory)",
     )
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
+    require(1 <= config.servers <= MAX_LEARNERS, f"--servers {config.servers}: must be in [1, {MAX_LEARNERS}]")
+    require(
+        config.servers == 1 or config.engine == "sim",
+        f"--servers {config.servers}: the dist engine runs one server process so far; the sim models S shards",
+    )
     require(
         1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,
         f"--threads-per-learner {config.threads_per_learner}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
