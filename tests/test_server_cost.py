@@ -1,5 +1,7 @@
 """The server's own cost in the sim: --servers S shards, --server-update-time and --server-answer-time."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,3 +95,19 @@ def test_bad_values_exit_2_with_one_line(tmp_path, capsys, flags, words):
     line = fails_with_one_line(["train", "--dataset", "synthetic", "--out", str(tmp_path / "run"), *flags], capsys)
     assert words in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.dist
+def test_server_threads_go_to_the_server_process_only(tmp_path):
+    from test_dist import start
+
+    process, processes = start(tmp_path / "run", *"--learners 2 --epochs 20 --server-threads 2".split())
+    try:
+        threads = {}
+        for entry in processes:
+            environment = Path(f"/proc/{entry['pid']}/environ").read_bytes().split(b"\0")
+            threads[entry["rank"]] = next(v for v in environment if v.startswith(b"OMP_NUM_THREADS=")).split(b"=")[1]
+        assert threads == {0: b"2", 1: b"1", 2: b"1"}
+    finally:
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err

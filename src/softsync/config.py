@@ -174,6 +174,11 @@ class TrainConfig:
         120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer"
     )
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
+    server_threads: int = _opt(
+        1,
+        "dist: torch threads of the server process (its updates, the copies of θ into answers, evaluation), "
+        "in [1, 256]; give it the cores a server node has to spare",
+    )
     device: str = _opt(
         "cpu",
         "cpu or cuda: where each learner computes (dist: learner k on GPU LOCAL_RANK or k, mod the GPUs; "
@@ -407,6 +412,10 @@ def validate(config: TrainConfig) -> None:
     # (learner.require_device): under torchrun a learner's node may have one where the launching node has none
     require(config.device in DEVICES, f"--device {config.device!r} is unknown: use cpu or cuda")
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
+    require(
+        1 <= config.server_threads <= MAX_THREADS_PER_LEARNER,
+        f"--server-threads {config.server_threads}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
+    )
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     require(config.log_every >= 1, f"--log-every {config.log_every}: must be >= 1 (updates between train/* scalars)")
