@@ -53,48 +53,44 @@ def async_server(correction="none", learners=2, lr=0.5, momentum=0.0, policy="co
     return ParameterServer(weights, protocol, learners, lr=lr, momentum=momentum, lr_policy=policy, correction=correct)
 
 
-def test_dc_asgd_adds_lambda_g_g_times_the_gap_to_the_exact_weights_it_was_computed_on():
-    server = async_server("dc-asgd", dc_lambda=0.5)
-    _, first = server.pull()  # learner 0 computes on θ0
+G1, G2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
+
+
+def one_stale_push(server):
+    """Learners 0 and 1 pull θ0; 1 pushes G1 (θ1); 0 pushes G2, one update stale. Returns (θ0, θ1)."""
+    _, first = server.pull()
     theta0 = server.weights.clone()
     server.pull()
-    server.push(torch.tensor([1.0, 1.0, 1.0]), first, learner=1)  # θ1 = θ0 − 0.5
+    server.push(G1.clone(), first, learner=1)
     assert server.versions.peak == 1  # θ0 was copied: learner 0 still computes on it
     theta1 = server.weights.clone()
-    g = torch.tensor([2.0, -1.0, 0.5])
-    server.push(g.clone(), first, learner=0)  # τ = 1
-    corrected = g + 0.5 * g * g * (theta1 - theta0)
-    assert torch.equal(server.weights, theta1 - 0.5 * corrected)
+    server.push(G2.clone(), first, learner=0)  # τ = 1
     assert server.versions.holders == {} and server.versions.copies == {}  # nothing out: nothing kept
+    return theta0, theta1
+
+
+def test_dc_asgd_adds_lambda_g_g_times_the_gap_to_the_exact_weights_it_was_computed_on():
+    server = async_server("dc-asgd", dc_lambda=0.5)
+    theta0, theta1 = one_stale_push(server)
+    corrected = G2 + 0.5 * G2 * G2 * (theta1 - theta0)
+    assert torch.equal(server.weights, theta1 - 0.5 * corrected)
 
 
 def test_dc_asgd_adaptive_divides_lambda_by_the_root_mean_square():
     server = async_server("dc-asgd-adaptive", dc_lambda=2.0)
-    _, first = server.pull()
-    theta0 = server.weights.clone()
-    server.pull()
-    g1, g2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
-    server.push(g1.clone(), first, learner=1)
-    theta1 = server.weights.clone()
-    server.push(g2.clone(), first, learner=0)
-    mean_square = 0.95 * (0.05 * g1 * g1) + 0.05 * g2 * g2
-    corrected = g2 + 2.0 / torch.sqrt(mean_square + 1e-7) * g2 * g2 * (theta1 - theta0)
+    theta0, theta1 = one_stale_push(server)
+    mean_square = 0.95 * (0.05 * G1 * G1) + 0.05 * G2 * G2
+    corrected = G2 + 2.0 / torch.sqrt(mean_square + 1e-7) * G2 * G2 * (theta1 - theta0)
     assert torch.allclose(server.weights, theta1 - 0.5 * corrected, rtol=1e-6, atol=0)
 
 
 def test_gap_aware_divides_by_one_plus_the_gap_over_the_step_reach():
     server = async_server("gap-aware", momentum=0.5)
-    _, first = server.pull()
-    theta0 = server.weights.clone()
-    server.pull()
-    g1, g2 = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -1.0, 0.5])
-    server.push(g1.clone(), first, learner=1)
-    theta1 = server.weights.clone()
-    server.push(g2.clone(), first, learner=0)
-    average = (0.999 * 0.001 * g1.abs() + 0.001 * g2.abs()) / (1 - 0.999**2)  # bias-corrected mean of |g|
-    reach = 0.5 * average / (1 - 0.5)
-    corrected = g2 / (1 + (theta1 - theta0).abs() / reach)
-    momentum_buffer = 0.5 * g1 + corrected
+    theta0, theta1 = one_stale_push(server)
+    mean_square = (0.999 * 0.001 * G1 * G1 + 0.001 * G2 * G2) / (1 - 0.999**2)  # bias-corrected mean of g²
+    reach = 0.5 * (mean_square.sqrt() + 1e-8) / (1 - 0.5)
+    corrected = G2 / (1 + (theta1 - theta0).abs() / reach)
+    momentum_buffer = 0.5 * G1 + corrected
     assert torch.allclose(server.weights, theta1 - 0.5 * momentum_buffer, rtol=1e-6, atol=0)
 
 
@@ -103,9 +99,33 @@ def test_a_fresh_gradient_is_not_corrected_but_updates_the_statistics():
         gradient = torch.tensor([3.0, -1.0])
         correction.correct(gradient, None, lr=0.1, momentum=0.9)
         assert torch.equal(gradient, torch.tensor([3.0, -1.0]))
-        assert correction.state_dict() != {"mean_square": None} and any(
-            value is not None for value in correction.state_dict().values()
-        )
+        assert correction.mean_square is not None and correction.mean_square.abs().sum() > 0
+
+
+def test_a_correction_is_given_the_momentum_of_the_update():
+    server = async_server("gap-aware", momentum=0.9)
+    server.momentum_correction = True
+    server.stats.add(4)  # ⟨τ⟩ = 4: implicit momentum 0.75, the update's is 0.15
+    given = []
+    correct = server.correction.correct
+    server.correction.correct = lambda gradient, gap, lr, momentum: (
+        given.append(momentum) or correct(gradient, gap, lr, momentum)
+    )
+    _, first = server.pull()
+    server.push(torch.ones(3), first, learner=0)
+    assert given == [pytest.approx(0.15)]
+
+
+@pytest.mark.parametrize("correction", ["dc-asgd", "dc-asgd-adaptive", "gap-aware"])
+def test_a_correction_never_applies_a_non_finite_gradient(correction):
+    server = async_server(correction, dc_lambda=1.0)
+    _, first = server.pull()
+    server.pull()
+    server.push(torch.ones(3), first, learner=1)
+    server.push(torch.tensor([1e20, -1e20, 1e20]), first, learner=0)  # g⊙g overflows: the gap times it is inf
+    assert torch.isfinite(server.weights).all()
+    if correction == "dc-asgd":
+        assert server.rejected_gradients == 1  # refused, not applied
 
 
 def test_drop_does_not_apply_the_gradient_and_counts_it():
@@ -326,3 +346,33 @@ def test_dist_ssp_survives_a_killed_learner(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["learner_failures"] == 1
     assert summary["gradients"] == 30 * (2048 // 16) and summary["pushes_ahead_max"] <= 2
+
+
+def test_drop_does_not_hand_a_straggler_its_own_dropped_mini_batch_again(tmp_path, synthetic):
+    speeds = (1.0, 1.0, 1.0, 0.25)  # the straggler's τ ≈ 12 ≥ r = 8: every gradient of it is dropped
+    out, summary = run(
+        tmp_path, "drop", synthetic, protocol="async", learners=4, epochs=3, lr_policy="drop", learner_speeds=speeds
+    )
+    updates = [json.loads(line)["updates"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["dropped_gradients"] > 0 and updates == sorted(set(updates))  # each epoch ends at its own time
+
+
+def test_ssp_inf_as_a_toml_float_is_unbounded(tmp_path, synthetic):
+    _, summary = run(tmp_path, "inf", synthetic, protocol="async", learners=2, epochs=1, ssp=math.inf)
+    assert summary["pushes_ahead_max"] is None
+
+
+def test_a_policy_parameter_given_twice_is_refused(tmp_path, capsys):
+    line = fails_with_one_line(
+        ["train", "--dataset", "synthetic", "--lr-policy", "poly:a=0.5,a=2", "--out", str(tmp_path / "run")], capsys
+    )
+    assert "a is given twice" in line
+
+
+def test_a_pull_while_stopping_releases_the_weights_it_held():
+    coordinator = coordinated("async", 2, batches=10)
+    coordinator.start()
+    coordinator.stopping = True
+    coordinator.pull(0)  # a confused learner asks again while its gradient is out: the run is ending
+    assert 0 not in coordinator.in_flight
+    assert coordinator.server.versions.holders == {coordinator.in_flight[1].timestamp: 1}

@@ -274,7 +274,11 @@ def coerce(name: str, value):
     if name == "learner_speeds":
         return _number_list(value, real_number, flag, "numbers")
     if name == "ssp":
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity")):
+        if (
+            value is None
+            or value == math.inf
+            or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity"))
+        ):
             return None
         try:
             return whole_number(value)

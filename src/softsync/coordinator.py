@@ -107,6 +107,7 @@ class Coordinator:
         """``learner`` asks for weights (its first request, or one after its push was refused)."""
         outcome = Outcome()
         if self.stopping:
+            self._take_back(learner)
             self._answer([learner], outcome)
         elif learner in self.in_flight:
             batch = self.in_flight[learner].batch
@@ -147,8 +148,14 @@ class Coordinator:
             self.gate.pushed(learner)
         elif result.dropped:
             self.telemetry.dropped(learner)
-            self.data.give_back(work.batch)
-            self._answer(self.gate.request(learner), outcome)
+            if self.data.reissue or self.data.epoch < self.data.epochs:
+                # another mini-batch for the learner too slow for this one, which goes to the next that asks:
+                # given back first, a straggler would take it again and again, and its epoch would never end
+                self._answer(self.gate.request(learner), outcome)
+                self.data.give_back(work.batch)
+            else:  # nothing else is left: redo it
+                self.data.give_back(work.batch)
+                self._answer(self.gate.request(learner), outcome)
             self._settle(outcome)
             return outcome
         else:

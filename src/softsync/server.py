@@ -135,7 +135,9 @@ class ParameterServer:
             self.release(timestamp)
             self.dropped_gradients += 1
             return PushResult(False, False, tau, dropped=True)
-        self._correct(gradient, timestamp)
+        if not self._correct(gradient, timestamp):
+            self.release(timestamp)
+            return self.reject("non-finite gradient after the correction", tau)
         self.release(timestamp)  # before the update, which keeps a copy of θ only for gradients still out
         per_update = self.protocol.gradients_per_update(self.learners)
         if self._buffered == 0 and per_update == 1:
@@ -155,17 +157,19 @@ class ParameterServer:
             self.apply_update()
         return PushResult(True, updated, tau)
 
-    def _correct(self, gradient: torch.Tensor, timestamp: int) -> None:
-        """Apply the correction to a gradient computed on the weights of ``timestamp``."""
+    def _correct(self, gradient: torch.Tensor, timestamp: int) -> bool:
+        """Apply the correction to a gradient computed on the weights of ``timestamp``; False if that made it
+        non-finite (g⊙g⊙Δ can overflow where g does not)."""
         if self.versions is None:
-            return
+            return True
         gap = None
         if timestamp != self.clock:
             then = self.versions.weights(timestamp, self.weights, self.clock)
             if self._gap is None:
                 self._gap = torch.empty_like(self.weights)
             gap = torch.sub(self.weights, then, out=self._gap)
-        self.correction.correct(gradient, gap, self.lr, self.momentum)
+        self.correction.correct(gradient, gap, self.lr, self.effective_momentum)
+        return gap is None or math.isfinite(float(gradient.sum()))
 
     def reject(self, reason: str, staleness: int = 0) -> PushResult:
         """Count a gradient that is not applied (also one refused before it reached the server)."""

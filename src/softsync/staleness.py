@@ -105,6 +105,8 @@ def parse_policy(text: str) -> tuple[str, dict[str, float]]:
     parameters: dict[str, float] = {}
     for item in rest.split(",") if colon else ():
         key, equals, value = (part.strip() for part in item.partition("="))
+        if key in parameters:
+            raise ConfigError(f"--lr-policy {text!r}: {key} is given twice")
         if key not in defaults or not equals:
             allowed = ", ".join(f"{k}=..." for k in defaults) or "none"
             raise ConfigError(
