@@ -70,19 +70,20 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
 
 
-def plan(spec: dict) -> list[dict]:
-    """The runs of a theorem.toml: softsync.train options for each protocol, policy and T (α0 = lr_c/√T)."""
+def plan(spec: dict) -> list[tuple[str, dict]]:
+    """The runs of a theorem.toml: (variant label, softsync.train options) for each protocol, variant and T
+    (α0 = lr_c/√T, times the protocol's n where the variant says so)."""
     base, theorem = spec["base"], spec["theorem"]
     per_epoch = theorem["samples"] // base["batch_size"]
     runs = []
     for protocol in theorem["protocols"]:
-        c = parse_protocol(protocol, base["learners"]).gradients_per_update(base["learners"])
-        for policy in theorem["lr_policies"]:
-            if protocol == "hardsync" and policy != theorem["lr_policies"][0]:
-                continue  # τ = 0: every policy is the same run
+        parsed = parse_protocol(protocol, base["learners"])
+        c = parsed.gradients_per_update(base["learners"])
+        for variant in theorem["variants"][:1] if protocol == "hardsync" else theorem["variants"]:
             for epochs in theorem["epochs"]:
-                lr = theorem["lr_c"] / math.sqrt(epochs * per_epoch // c)
-                runs.append({**base, "protocol": protocol, "lr_policy": policy, "lr": lr, "epochs": epochs})
+                lr = theorem["lr_c"] / math.sqrt(epochs * per_epoch // c) * (parsed.n if variant["times_n"] else 1)
+                options = {**base, "protocol": protocol, "lr_policy": variant["lr_policy"], "lr": lr, "epochs": epochs}
+                runs.append((variant["label"], options))
     return runs
 
 
@@ -90,17 +91,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--out", type=Path, default=Path("runs/experiments/theorem"))
+    parser.add_argument("--replot", action="store_true", help="redraw theorem.md and theorem.png from OUT/theorem.csv")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.out / "theorem.csv") as handle:
+            numeric = ("epochs", "T", "lr", "staleness_mean", "average_grad_norm2", "final_grad_norm2")
+            rows = [{k: float(v) if k in numeric else v for k, v in row.items()} for row in csv.DictReader(handle)]
+        write([{**row, "T": int(row["T"]), "epochs": int(row["epochs"])} for row in rows], args.out)
+        return
     spec = tomllib.loads(args.experiment.read_text())
     dimensions = spec["theorem"]["dimensions"]
     torch.set_num_threads(1)
     shutil.rmtree(args.out / "runs", ignore_errors=True)  # this script's own runs: each time from scratch
     data = problem(spec["theorem"]["samples"], dimensions)
     rows = []
-    for options in plan(spec):
+    for variant, options in plan(spec):
         torch.manual_seed(0)  # the same θ0 for every run (nn.Linear draws from the global generator)
         model = RecordingLinear(dimensions)
-        name = f"{options['protocol']}-{options['lr_policy']}-e{options['epochs']}"
+        name = f"{options['protocol']}-{variant}-e{options['epochs']}".replace(" ", "").replace("/", "÷")
         # evaluation on the training set: F is the training objective
         summary = train(model=model, data=(data, data), out=str(args.out / "runs" / name), **options)
         # the first record is θ0, from the check softsync runs on one mini-batch before training
@@ -109,7 +117,7 @@ def main() -> None:
         norms = [full_gradient_norm(iterate, data, dimensions) for iterate in iterates]
         row = {
             "protocol": options["protocol"],
-            "lr_policy": options["lr_policy"],
+            "variant": variant,
             "epochs": options["epochs"],
             "T": summary["updates"],
             "lr": options["lr"],
@@ -135,32 +143,33 @@ def write(rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        "| protocol | α(τ) | ⟨τ⟩ | fitted slope of the average ‖∇F‖² against T | T: average ‖∇F‖² |",
+        "| protocol | α(τ), α0 | ⟨τ⟩ | fitted slope of the average ‖∇F‖² against T | T: average ‖∇F‖² |",
         "|---|---|---|---|---|",
     ]
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     series: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        series.setdefault((row["protocol"], row["lr_policy"]), []).append(row)
-    for (protocol, policy), points in series.items():
+        series.setdefault((row["protocol"], row["variant"]), []).append(row)
+    for (protocol, label), points in series.items():
         finite = [(p["T"], p["average_grad_norm2"]) for p in points if math.isfinite(p["average_grad_norm2"])]
         fitted = slope(finite) if len(finite) >= 2 else math.nan
         staleness = sum(p["staleness_mean"] for p in points) / len(points)
         values = ", ".join(f"{t}: {v:.3g}" for t, v in finite)
-        label = "α0/τ" if policy == "staleness" else "α0" if policy == "constant" else policy
         lines.append(f"| {protocol} | {label} | {staleness:.2f} | {fitted:.2f} | {values} |")
-        style = "-" if policy == "staleness" else "--"
+        protocols = list(dict.fromkeys(row["protocol"] for row in rows))
+        variants = list(dict.fromkeys(row["variant"] for row in rows))
         axes.plot(
             [t for t, _ in finite],
             [v for _, v in finite],
-            style,
+            ("-", "-.", "--", ":")[variants.index(label) % 4],  # a style per variant, a colour per protocol
+            color=f"C{protocols.index(protocol)}",
             marker="o",
             markersize=3,
             label=f"{protocol}, {label} (slope {fitted:.2f})",
         )
     ts = sorted({row["T"] for row in rows})
     anchor = max(row["average_grad_norm2"] for row in rows if row["T"] == ts[0])
-    axes.plot(ts, [anchor * (t / ts[0]) ** -0.5 for t in ts], ":", color="grey", label="slope −1/2")
+    axes.plot(ts, [anchor * (t / ts[0]) ** -0.5 for t in ts], ":", color="black", label="slope −1/2")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("updates T")

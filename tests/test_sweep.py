@@ -189,8 +189,8 @@ def test_the_theorem_experiment_plans_valid_runs():
     theorem = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(theorem)
     runs = theorem.plan(tomllib.loads((experiments / "theorem.toml").read_text()))
-    assert len(runs) == 6 * (1 + 4 * 2)  # T values × (hardsync + 4 softsync levels × 2 policies)
-    for options in runs:
+    assert len(runs) == 6 * (1 + 4 * 3)  # T values × (hardsync + 4 softsync levels × 3 variants)
+    for _, options in runs:
         make_config(**options)
 
 
