@@ -53,6 +53,8 @@ bench: setup
 	$(PYTHON) bench/user_spec.py
 	$(PYTHON) bench/tensorboard_overhead.py
 	$(PYTHON) bench/corrections.py
+	$(PYTHON) bench/sim_scale.py
+	$(PYTHON) bench/server_speed.py
 
 # the paper's experiments (about an hour on 2 cores) and issue 13's (about another hour); results in docs/results.md. A rerun skips finished runs.
 EXPERIMENTS := runs/experiments

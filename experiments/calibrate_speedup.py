@@ -5,7 +5,10 @@
 Prints, for experiments/speedup-predicted.toml:
 - the time of one μ-sample gradient (forward + backward) of paper-cifar10 on Fashion-MNIST (90K
   parameters) and of an AlexNet-sized network on 224×224×3 (one thread each, the unit of a learner);
-- the latency and bandwidth of gloo send/recv between two processes on 127.0.0.1.
+- the latency and bandwidth of gloo send/recv between two processes on 127.0.0.1;
+- the parameter server's own work per parameter, on one thread: an async update (the finiteness
+  check, the fused SGD step with momentum) and the copy of θ into an answer (the sim's
+  --server-update-time and --server-answer-time), for 10M parameters.
 Run it on a quiet machine: it measures speed.
 """
 
@@ -64,6 +67,25 @@ def gradient_seconds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     return statistics.median(times[1:])
 
 
+def server_seconds_per_parameter(parameters: int = 10_000_000, repeats: int = 5) -> tuple[float, float]:
+    """(update, answer) seconds per parameter of the real ParameterServer: an async push of one gradient
+    (finiteness check and fused SGD step with momentum 0.9), and the copy of θ into a message."""
+    from softsync.protocol import parse_protocol
+    from softsync.server import ParameterServer
+
+    server = ParameterServer(torch.zeros(parameters), parse_protocol("async", 1), 1, lr=0.01, momentum=0.9)
+    gradient, message = torch.full((parameters,), 1e-3), torch.empty(parameters)
+    updates, answers = [], []
+    for _ in range(repeats + 1):  # the first allocates the momentum buffer
+        start = time.perf_counter()
+        server.push(gradient, server.clock, 0)
+        updates.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        message.copy_(server.weights)
+        answers.append(time.perf_counter() - start)
+    return statistics.median(updates[1:]) / parameters, statistics.median(answers[1:]) / parameters
+
+
 def ping_pong(rank: int, port: int, sizes: list[int], repeats: int, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -105,6 +127,8 @@ def main() -> None:
     images = torch.randn(args.batch_size, 3, 224, 224)
     big_s = gradient_seconds(big, images, torch.randint(0, 1000, (args.batch_size,)), repeats=3)
 
+    update_time, answer_time = server_seconds_per_parameter()
+
     sizes = [4, small_params * 4, 64 * 2**20]
     results = mp.Manager().dict()
     mp.spawn(ping_pong, args=(free_port(), sizes, 20, results), nprocs=2, join=True)
@@ -122,6 +146,11 @@ def main() -> None:
     print(f"  small: step_time = {small_s:.5f}, message_bytes = {small_params * 4}")
     print(f"  large: step_time = {big_s:.4f}, message_bytes = {72_000_000 * 4} (72M parameters)")
     print(f"  bandwidth = {bandwidth:.4g}, latency = {latency:.3g}")
+    print(
+        f"the server, one thread: an update {update_time * 1e9:.3f} ns and an answer {answer_time * 1e9:.3f} ns "
+        f"per parameter ({update_time * 72e6 * 1e3:.0f} ms and {answer_time * 72e6 * 1e3:.0f} ms for 72M)"
+    )
+    print(f"  server_update_time = {update_time:.4g}, server_answer_time = {answer_time:.4g}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ FLOAT_RANGES = {  # name: (low, high, (low included, high included), unit in the
     "step_jitter": (0.0, 1.0, (True, False), ""),
     "bandwidth": (1.0, 1e15, (True, True), " bytes per second"),  # 1 B/s to 1 PB/s
     "latency": (0.0, 1e6, (True, True), " seconds"),
+    "server_update_time": (0.0, 1.0, (True, True), " seconds per parameter"),
+    "server_answer_time": (0.0, 1.0, (True, True), " seconds per parameter"),
     "timeout": (0.0, 86400.0, (False, True), " seconds (at most a day)"),
     "dc_lambda": (0.0, 1e6, (True, True), ""),
 }
@@ -149,6 +151,19 @@ class TrainConfig:
         "sim: bytes of one pull or push on the link (0: the model's float32 weights); "
         "models a bigger network's traffic",
     )
+    servers: int = _opt(
+        1,
+        "sim: parameter-server shards S, in [1, 1024]: θ is split in S slices, each on a server with its own link "
+        "and processor (the same arithmetic, S times the bandwidth and the server's speed); dist: 1 only, so far",
+    )
+    server_update_time: float = _opt(
+        0.0,
+        "sim: the server's seconds per parameter to apply an update (experiments/calibrate_speedup.py measures it); "
+        "updates and answers queue on the server",
+    )
+    server_answer_time: float = _opt(
+        0.0, "sim: the server's seconds per parameter to answer a pull (the copy of θ into the message)"
+    )
     checkpoint_every: int = _opt(0, "also write checkpoint.pt after every K-th update (0: at epoch ends only)")
     # the dist engine
     host: str = _opt(
@@ -159,6 +174,11 @@ class TrainConfig:
         120.0, "dist: seconds any blocking operation may wait before the run fails with an error naming the peer"
     )
     threads_per_learner: int = _opt(1, "dist: torch threads of each learner process, in [1, 256]")
+    server_threads: int = _opt(
+        1,
+        "dist: torch threads of the server process (its updates, the copies of θ into answers, evaluation), "
+        "in [1, 256]; give it the cores a server node has to spare",
+    )
     device: str = _opt(
         "cpu",
         "cpu or cuda: where each learner computes (dist: learner k on GPU LOCAL_RANK or k, mod the GPUs; "
@@ -383,6 +403,11 @@ def validate(config: TrainConfig) -> None:
         f"--synthetic-size {config.synthetic_size}: at most {MAX_SYNTHETIC_SIZE} samples (they are held in memory)",
     )
     require(config.message_bytes >= 0, f"--message-bytes {config.message_bytes}: must be >= 0")
+    require(1 <= config.servers <= MAX_LEARNERS, f"--servers {config.servers}: must be in [1, {MAX_LEARNERS}]")
+    require(
+        config.servers == 1 or config.engine == "sim",
+        f"--servers {config.servers}: the dist engine runs one server process so far; the sim models S shards",
+    )
     require(
         1 <= config.threads_per_learner <= MAX_THREADS_PER_LEARNER,
         f"--threads-per-learner {config.threads_per_learner}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
@@ -391,6 +416,10 @@ def validate(config: TrainConfig) -> None:
     # (learner.require_device): under torchrun a learner's node may have one where the launching node has none
     require(config.device in DEVICES, f"--device {config.device!r} is unknown: use cpu or cuda")
     require(bool(config.host.strip()), "--host: give an address, e.g. 127.0.0.1")
+    require(
+        1 <= config.server_threads <= MAX_THREADS_PER_LEARNER,
+        f"--server-threads {config.server_threads}: must be in [1, {MAX_THREADS_PER_LEARNER}]",
+    )
     require(config.checkpoint_every >= 0, f"--checkpoint-every {config.checkpoint_every}: must be >= 0")
     require(config.eval_samples >= 0, f"--eval-samples {config.eval_samples}: must be >= 0")
     require(config.log_every >= 1, f"--log-every {config.log_every}: must be >= 1 (updates between train/* scalars)")

@@ -55,7 +55,7 @@ def run_rank(config: TrainConfig, checkpoint: dict | None, prepared: bool) -> di
             )
         # every rank loads its data and model before the rendezvous, all at once
         if rank == 0:
-            torch.set_num_threads(1)
+            torch.set_num_threads(config.server_threads)
             if prepared:  # a local launch: the launcher holds the run directory's lock
                 out = Path(str(config.out))
             else:  # torchrun: this rank holds the lock for the life of the process
@@ -270,7 +270,7 @@ def run_dist(config: TrainConfig, checkpoint: dict | None) -> dict | None:
     processes: list[subprocess.Popen] = []
     try:
         with ended_by_signals():
-            processes.append(start_rank(0, environment, threads=1, store=listening))
+            processes.append(start_rank(0, environment, threads=config.server_threads, store=listening))
             listening.close()  # rank 0 holds it now
             for rank in range(1, world):
                 processes.append(start_rank(rank, environment, threads=config.threads_per_learner))

@@ -1,8 +1,13 @@
 """Deterministic discrete-event engine: λ learners and one parameter server in virtual time.
 
 Each learner loops pull → compute → push. Step times come from a seeded model: a compute
-time (base × jitter ÷ the learner's speed factor) and transfers that queue on the server's
-single link (bytes ÷ bandwidth + latency), which is where a parameter server saturates.
+time (base × jitter ÷ the learner's speed factor), the server's own work (an update, and the copy
+of θ into each answer, each --server-*-time seconds per parameter), which queues on the server, and
+transfers that queue on the server's link (bytes ÷ bandwidth + latency): where a parameter server
+saturates. With --servers S the parameter vector is split over S shards, each with its own link and
+its own processor working in parallel on its 1/S of every message, update and answer: the same
+arithmetic as one server (hardsync with S shards computes what one computes, and so does async, as
+every shard sees the pushes in the same order), on S times the link and the processor.
 
 A pull is instantaneous in virtual time, so a learner's gradient is computed the moment the
 coordinator answers it, on the server's weights of that moment (the weights it pulled), and held
@@ -48,10 +53,13 @@ class StepTimeModel:
     step_time: float
     jitter: float
     speeds: tuple[float, ...]
-    bandwidth: float  # bytes/s of the server's link
+    bandwidth: float  # bytes/s of each shard's link
     latency: float
-    message_bytes: int
+    message_bytes: int  # of the whole model; the server's work is priced per float32 parameter of it
     seed: int
+    servers: int = 1
+    update_time: float = 0.0  # the server's seconds per parameter of an update
+    answer_time: float = 0.0  # ... of answering a pull (copying θ into the message)
     rngs: list[random.Random] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +68,8 @@ class StepTimeModel:
 
     @classmethod
     def from_config(cls, config: TrainConfig, weights: torch.Tensor) -> StepTimeModel:
-        """The --step-time, --step-jitter, --learner-speeds, --bandwidth, --latency and --message-bytes of a run."""
+        """The --step-time, --step-jitter, --learner-speeds, --bandwidth, --latency, --message-bytes, --servers,
+        --server-update-time and --server-answer-time of a run."""
         return cls(
             step_time=config.step_time,
             jitter=config.step_jitter,
@@ -69,6 +78,9 @@ class StepTimeModel:
             latency=config.latency,
             message_bytes=config.message_bytes or weights.numel() * weights.element_size(),
             seed=config.seed,
+            servers=config.servers,
+            update_time=config.server_update_time,
+            answer_time=config.server_answer_time,
         )
 
     def compute_time(self, learner: int) -> float:
@@ -77,7 +89,16 @@ class StepTimeModel:
 
     @property
     def transfer_time(self) -> float:
-        return self.message_bytes / self.bandwidth
+        """One message on the S links in parallel, each carrying its shard's slice."""
+        return self.message_bytes / (self.bandwidth * self.servers)
+
+    @property
+    def update_seconds(self) -> float:
+        return self.update_time * (self.message_bytes / 4) / self.servers
+
+    @property
+    def answer_seconds(self) -> float:
+        return self.answer_time * (self.message_bytes / 4) / self.servers
 
 
 @dataclass
@@ -104,6 +125,7 @@ class SimEngine:
         self.checkpointer: Checkpointer | None = None
         self.now = 0.0
         self.link_free = 0.0  # when the server's link finishes its queued transfers
+        self.server_free = 0.0  # when the server finishes its queued updates and answers
         self.events: list[tuple[float, int, int, int]] = []  # (time, sequence, kind, learner)
         self.sequence = 0
         self.held: dict[int, Held] = {}
@@ -113,11 +135,16 @@ class SimEngine:
         heapq.heappush(self.events, (time, self.sequence, kind, learner))
         self.sequence += 1
 
-    def transfer(self) -> float:
-        """Queue one message on the server's link; returns when it has arrived."""
-        start = max(self.now, self.link_free)
+    def transfer(self, ready: float) -> float:
+        """Queue one message, ready to leave at ``ready``, on the server's link; returns when it has arrived."""
+        start = max(ready, self.link_free)
         self.link_free = start + self.times.transfer_time
         return self.link_free + self.times.latency
+
+    def serve(self, seconds: float) -> float:
+        """Queue ``seconds`` of the server's work (0: wait for what is queued); returns when it is done."""
+        self.server_free = max(self.now, self.server_free) + seconds
+        return self.server_free
 
     def run(self) -> str:
         """Run to the last epoch (or divergence); returns "completed" or "diverged"."""
@@ -131,7 +158,7 @@ class SimEngine:
             self.now, _, kind, learner = heapq.heappop(self.events)
             if kind == PUSH_SEND:
                 self.idle_since[learner] = self.now
-                self.schedule(self.transfer(), PUSH_ARRIVE, learner)
+                self.schedule(self.transfer(self.now), PUSH_ARRIVE, learner)
             else:
                 self.push(learner)
         return self.coordinator.status
@@ -140,11 +167,13 @@ class SimEngine:
         self.coordinator.telemetry.heard(learner, self.now)
         held = self.held.pop(learner)
         work = self.coordinator.in_flight[learner]
+        clock = self.server.clock
         outcome = self.coordinator.push(
             learner, held.gradient, work.timestamp, work.batch.epoch, work.batch.index, held.loss
         )
         if outcome.accepted:
             self.recorder.gradient_applied(self.server, self.now)
+        self.serve((self.server.clock - clock) * self.times.update_seconds)  # before the answers it delays
         self.carry_out(outcome)
 
     def carry_out(self, outcome: Outcome) -> None:
@@ -161,7 +190,7 @@ class SimEngine:
         seed = batch_seed(self.seed, batch.epoch, batch.index)
         gradient, loss = self.learner.gradient(self.server.weights, inputs, targets, seed)
         self.held[learner] = Held(gradient.clone(), loss)
-        compute_start = self.transfer()  # the weights reach the learner
+        compute_start = self.transfer(self.serve(self.times.answer_seconds))  # the weights reach the learner
         compute_time = self.times.compute_time(learner)
         waited = compute_start - self.idle_since.get(learner, self.now)  # for the link, the server, the round
         self.coordinator.telemetry.timed(learner, compute_time, waited)
@@ -195,6 +224,7 @@ class SimEngine:
         return {
             "now": self.now,
             "link_free": self.link_free,
+            "server_free": self.server_free,
             "events": list(self.events),
             "sequence": self.sequence,
             "held": {learner: {"gradient": h.gradient.clone(), "loss": h.loss} for learner, h in self.held.items()},
@@ -205,6 +235,7 @@ class SimEngine:
     def load_state_dict(self, state: dict) -> None:
         self.now = state["now"]
         self.link_free = state["link_free"]
+        self.server_free = state.get("server_free", 0.0)  # absent before --server-*-time
         self.events = [tuple(event) for event in state["events"]]
         heapq.heapify(self.events)
         self.sequence = state["sequence"]
