@@ -540,7 +540,7 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path, moment):
 def rank_of(pid: int) -> int | None:
     try:
         variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # it exited since it was listed (a zombie's environ is ESRCH)
         return None
     return next((int(v[5:]) for v in variables if v.startswith(b"RANK=")), None)
 
