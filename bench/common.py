@@ -47,3 +47,26 @@ def softsync_rate(model: str, learners: int, batch_size: int, epochs: int, proto
             **options,
         )
     return summary["samples_per_s"]
+
+
+def sim_epoch(model: str, dataset, learners: int, batch_size: int, seed: int, lr: float = 0.01) -> tuple[float, int]:
+    """(wall seconds, gradients) of one async epoch of ``dataset`` under the sim through softsync.train, the
+    evaluation cut to one sample."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        summary = train(
+            data=dataset,
+            dataset=dataset.name,
+            model=model,
+            protocol="async",
+            learners=learners,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=0.9,
+            epochs=1,
+            seed=seed,
+            eval_samples=1,
+            quiet=True,
+            out=f"{out}/run",
+        )
+        return time.perf_counter() - start, summary["gradients"]

@@ -13,36 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import time
 
 import torch
 
-from softsync import train
 from softsync.datasets import load_dataset
 
-from common import plain_loop
+from common import plain_loop, sim_epoch
 
 
 def simulated_epoch(model_name: str, dataset, batch_size: int, seed: int) -> tuple[float, int]:
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        summary = train(
-            data=dataset,
-            dataset=dataset.name,
-            model=model_name,
-            protocol="30-softsync",
-            learners=30,
-            batch_size=batch_size,
-            lr=0.01,
-            momentum=0.9,
-            epochs=1,
-            seed=seed,
-            eval_samples=1,
-            quiet=True,
-            out=f"{out}/run",
-        )
-        return time.perf_counter() - start, summary["gradients"]
+    return sim_epoch(model_name, dataset, 30, batch_size, seed)  # async at λ = 30 is 30-softsync
 
 
 def main() -> None:

@@ -12,34 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import time
 
 import torch
 
-from softsync import train
 from softsync.datasets import load_dataset
+
+from common import sim_epoch
 
 
 def seconds_per_gradient(dataset, model: str, learners: int, batch_size: int, seed: int) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        summary = train(
-            data=dataset,
-            dataset=dataset.name,
-            model=model,
-            protocol="async",
-            learners=learners,
-            batch_size=batch_size,
-            lr=0.001,
-            momentum=0.9,
-            epochs=1,
-            seed=seed,
-            eval_samples=1,
-            quiet=True,
-            out=f"{out}/run",
-        )
-        return (time.perf_counter() - start) / summary["gradients"]
+    seconds, gradients = sim_epoch(model, dataset, learners, batch_size, seed, lr=0.001)
+    return seconds / gradients
 
 
 def main() -> None:
