@@ -52,7 +52,6 @@ class Outcome:
     answers: list[tuple[int, Work]] = field(default_factory=list)  # send the current weights and this mini-batch
     stops: list[int] = field(default_factory=list)  # tell these learners the run is over for them
     accepted: bool = False  # the pushed gradient was buffered
-    dropped: bool = False  # the policy dropped it: too stale, its mini-batch is handed out again
     updated: bool = False  # ... and an update was applied
     rejected: str = ""  # why the message was refused ("" if it was not)
     rejected_gradient: bool = False  # ... by the parameter server (else by the protocol checks)
@@ -142,13 +141,13 @@ class Coordinator:
         assert work is not None  # the checks above refuse a push without a mini-batch
         del self.in_flight[learner]  # the server's push ends the pull of its weights
         result = self.server.push(gradient, timestamp, learner)
-        outcome.accepted, outcome.updated, outcome.dropped = result.accepted, result.updated, result.dropped
+        outcome.accepted, outcome.updated = result.accepted, result.updated
         if result.accepted:
             self.telemetry.applied(learner, result.staleness)
             self.gate.pushed(learner)
         elif result.dropped:
             self.telemetry.dropped(learner)
-            if self.data.reissue or self.data.epoch < self.data.epochs:
+            if not self.data.exhausted:
                 # another mini-batch for the learner too slow for this one, which goes to the next that asks:
                 # given back first, a straggler would take it again and again, and its epoch would never end
                 self._answer(self.gate.request(learner), outcome)
@@ -239,7 +238,8 @@ class Coordinator:
         --ssp counts pushes from here on: a learner lost before is not waited for until it catches up.
         """
         for learner in sorted(self.in_flight):
-            self.data.give_back(self._take_back(learner).batch)  # type: ignore[union-attr]
+            self.data.give_back(self.in_flight[learner].batch)
+            self._take_back(learner)
         self.gate.waiting.clear()
         self.gate.restart()
         self.parked.clear()

@@ -83,13 +83,18 @@ class DataServer:
         """The mini-batch ``epoch:index``."""
         return Batch(epoch, index, self._samples(epoch, index))
 
+    @property
+    def exhausted(self) -> bool:
+        """Every epoch has been handed out and nothing waits to be handed out again: take() gives None."""
+        return not self.reissue and self.epoch >= self.epochs
+
     def take(self) -> Batch | None:
         """The next mini-batch, or None once every epoch has been handed out."""
+        if self.exhausted:
+            return None
         if self.reissue:
             epoch, index = self.reissue.popleft()
             return self.batch(epoch, index)
-        if self.epoch >= self.epochs:
-            return None
         batch = self.batch(self.epoch, self.position)
         self.position += 1
         if self.position == self.batches_per_epoch:

@@ -126,19 +126,15 @@ class ParameterServer:
             reason = f"learner {learner} pushed twice in one hardsync round"
         elif not math.isfinite(float(gradient.sum())):
             reason = "non-finite gradient"
+        scale = None if reason else self.policy(tau)
+        if scale is not None and not self._correct(gradient, timestamp):
+            reason = "non-finite gradient after the correction"
+        self.release(timestamp)  # before the update, which keeps a copy of θ only for gradients still out
         if reason:
-            self.release(timestamp)
             return self.reject(reason, tau)
-
-        scale = self.policy(tau)
         if scale is None:
-            self.release(timestamp)
             self.dropped_gradients += 1
             return PushResult(False, False, tau, dropped=True)
-        if not self._correct(gradient, timestamp):
-            self.release(timestamp)
-            return self.reject("non-finite gradient after the correction", tau)
-        self.release(timestamp)  # before the update, which keeps a copy of θ only for gradients still out
         per_update = self.protocol.gradients_per_update(self.learners)
         if self._buffered == 0 and per_update == 1:
             # async: the gradient is the update, applied before we return; no copy on the hot path
@@ -164,10 +160,9 @@ class ParameterServer:
             return True
         gap = None
         if timestamp != self.clock:
-            then = self.versions.weights(timestamp, self.weights, self.clock)
             if self._gap is None:
                 self._gap = torch.empty_like(self.weights)
-            gap = torch.sub(self.weights, then, out=self._gap)
+            gap = torch.sub(self.weights, self.versions.copies[timestamp], out=self._gap)
         self.correction.correct(gradient, gap, self.lr, self.effective_momentum)
         return gap is None or math.isfinite(float(gradient.sum()))
 

@@ -46,10 +46,6 @@ class WeightVersions:
             self.copies[clock] = copy.copy_(weights)
             self.peak = max(self.peak, len(self.copies))
 
-    def weights(self, clock: int, current: torch.Tensor, now: int) -> torch.Tensor:
-        """θ of ``clock``: the current weights if the clock has not moved since, else the kept copy."""
-        return current if clock == now else self.copies[clock]
-
     def state_dict(self) -> dict:
         return {
             "holders": dict(self.holders),
